@@ -78,3 +78,8 @@ type Backend interface {
 	// true so enforcement continues across a restart.
 	Close(ctx context.Context, keep bool) error
 }
+
+// MaxTimeout is the longest ipset timeout the kernel keeps: longer ones are
+// capped silently (NOTES.md), so entries that must live longer are refreshed
+// by the enforcer before the kernel drops them.
+const MaxTimeout = 2147483 * time.Second

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/lapi"
+)
+
+// errNoLAPIAtBoot is returned when retry_initial_connect is false, LAPI is
+// unreachable and the journal has nothing to enforce: upstream's behaviour.
+var errNoLAPIAtBoot = errors.New("LAPI unreachable at start-up, retry_initial_connect is false and the journal is empty")
+
+// puller drives the LAPI stream: a startup=true pull (retried with backoff
+// while LAPI is down: the journal is enforced meanwhile), deltas every
+// update_frequency, and a full startup=true resync every full_resync_interval
+// and after every failed pull, because LAPI hard-deletes some decisions
+// without listing them and the delta cursor may have moved while we were away.
+type puller struct {
+	client      *lapi.Client
+	enf         *heal.Enforcer
+	log         *slog.Logger
+	norm        lapi.NormalizeOptions
+	every       time.Duration
+	fullEvery   time.Duration
+	retryBoot   bool
+	emptyAtBoot bool
+}
+
+func (p *puller) run(ctx context.Context) error {
+	backoff := time.Second
+	const maxBackoff = 30 * time.Second
+	first := true
+	for {
+		if err := p.pull(ctx, true); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if first && !p.retryBoot && p.emptyAtBoot {
+				return fmt.Errorf("%w: %w", errNoLAPIAtBoot, err)
+			}
+			p.log.Warn("LAPI unreachable, enforcing from the journal", "err", err, "retry_in", backoff)
+			first = false
+			if err := sleep(ctx, backoff); err != nil {
+				return err
+			}
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		break
+	}
+	lastFull := time.Now()
+	t := time.NewTicker(p.every)
+	defer t.Stop()
+	needFull := false
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		full := needFull || (p.fullEvery > 0 && time.Since(lastFull) >= p.fullEvery)
+		if err := p.pull(ctx, full); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			p.log.Warn("LAPI pull failed, enforcing from the journal", "full", full, "err", err)
+			needFull = true
+			continue
+		}
+		needFull = false
+		if full {
+			lastFull = time.Now()
+		}
+	}
+}
+
+// pull fetches one batch and hands it to the enforcer.
+func (p *puller) pull(ctx context.Context, full bool) error {
+	at := time.Now()
+	b, err := p.batch(ctx, full)
+	if err != nil {
+		p.enf.SetLAPI(false, time.Time{}, false)
+		return err
+	}
+	p.enf.SetLAPI(true, at, full)
+	if err := p.enf.Submit(ctx, b, at); err != nil {
+		return fmt.Errorf("apply batch: %w", err)
+	}
+	if b.Len() > 0 || full {
+		p.log.Info("pulled decisions", "full", full, "new", len(b.New), "deleted", len(b.Deleted), "took", time.Since(at).Round(time.Millisecond))
+	}
+	return nil
+}
+
+func (p *puller) batch(ctx context.Context, full bool) (journal.Batch, error) {
+	resp, err := p.client.Pull(ctx, full)
+	if err != nil {
+		return journal.Batch{}, err
+	}
+	b, rejected := lapi.Normalize(resp, p.norm, time.Now())
+	b.Full = full
+	for _, r := range rejected {
+		p.log.Warn("rejected decision", "value", r.Value, "scope", r.Scope, "type", r.Type, "origin", r.Origin, "reason", r.Reason)
+	}
+	return b, nil
+}
+
+// fullBatch is the heal ladder's resync: LAPI's whole active set.
+func (p *puller) fullBatch(ctx context.Context) (journal.Batch, error) {
+	return p.batch(ctx, true)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sync/errgroup"
+	"gopkg.in/natefinch/lumberjack.v2"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/config"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/lapi"
+)
+
+// newLogger honours upstream's log_mode/log_dir/log_* keys; -v forces debug.
+func newLogger(cfg *config.Config, verbose bool, stderr io.Writer) (*slog.Logger, io.Closer, error) {
+	var w io.Writer = stderr
+	var closer io.Closer = io.NopCloser(nil)
+	if cfg.LogMode == "file" {
+		lj := &lumberjack.Logger{
+			Filename:   filepath.Join(cfg.LogDir, "cs-journal-bouncer.log"),
+			MaxSize:    cfg.LogMaxSize,
+			MaxBackups: cfg.LogMaxBackups,
+			MaxAge:     cfg.LogMaxAge,
+			Compress:   cfg.LogCompression,
+		}
+		w, closer = lj, lj
+	}
+	level := cfg.SlogLevel()
+	if verbose {
+		level = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(h), closer, nil
+}
+
+// run is the daemon: journal → enforce → LAPI → loop, until ctx ends or a
+// fatal error.
+func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer) (err error) {
+	log, lc, err := newLogger(cfg, verbose, stderr)
+	if err != nil {
+		return err
+	}
+	defer lc.Close()
+	start := time.Now()
+	log.Info("starting", "version", version, "mode", cfg.Mode, "journal", cfg.JournalPath)
+
+	j, err := journal.Open(journal.Options{Path: cfg.JournalPath, Logger: log})
+	if err != nil {
+		return fmt.Errorf("open journal: %w", err)
+	}
+	defer func() {
+		if cerr := j.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close journal: %w", cerr))
+		}
+	}()
+	if aside := j.Recovered(); aside != "" {
+		log.Error("journal was corrupt: moved aside, starting empty, forcing a full LAPI resync",
+			"journal", cfg.JournalPath, "moved_to", aside)
+	}
+
+	be, err := iptables.New(backendConfig(cfg, log))
+	if err != nil {
+		return fmt.Errorf("backend: %w", err)
+	}
+	client, err := lapi.NewClient(lapi.ClientConfig{
+		APIURL: cfg.APIURL, APIKey: cfg.APIKey,
+		CertPath: cfg.CertPath, KeyPath: cfg.KeyPath, CACertPath: cfg.CACertPath,
+		InsecureSkipVerify: cfg.InsecureSkipVerify,
+		UserAgent:          "cs-journal-bouncer/" + version,
+		Scopes:             cfg.Scopes, Origins: cfg.Origins,
+		ScenariosContaining: cfg.ScenariosContaining, ScenariosNotContaining: cfg.ScenariosNotContaining,
+	}, log)
+	if err != nil {
+		return fmt.Errorf("lapi client: %w", err)
+	}
+	p := &puller{
+		client: client, log: log.With("component", "lapi"),
+		norm: lapi.NormalizeOptions{
+			Types:       toSet(cfg.SupportedDecisionsTypes),
+			DisableIPv4: cfg.DisableIPv4, DisableIPv6: cfg.DisableIPv6,
+		},
+		every:       cfg.UpdateFrequency,
+		fullEvery:   cfg.FullResyncInterval,
+		retryBoot:   cfg.RetryInitialConnect,
+		emptyAtBoot: j.View().Len() == 0,
+	}
+	enf := heal.New(heal.Config{
+		VerifyInterval:    cfg.Heal.Interval,
+		DeepInterval:      cfg.Heal.DeepInterval,
+		MaxReplayAttempts: cfg.Heal.MaxReplayAttempts,
+		BackoffInitial:    cfg.Heal.BackoffInitial,
+		BackoffMax:        cfg.Heal.BackoffMax,
+	}, heal.Deps{Journal: j, Backend: be, Logger: log, Resync: p.fullBatch})
+	p.enf = enf
+
+	// Enforce what the journal knows before LAPI is contacted.
+	if err := enf.Boot(ctx); err != nil {
+		return err
+	}
+	log.Info("enforcing from journal", "entries", j.View().Len(), "since_start", time.Since(start).Round(time.Millisecond))
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return enf.Run(gctx) })
+	g.Go(func() error { return p.run(gctx) })
+	err = g.Wait()
+
+	// A clean stop honours on_shutdown; a fatal error always keeps the rules:
+	// removing them would open the host while systemd restarts us.
+	clean := ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled))
+	keep := cfg.OnShutdown == "keep" || !clean
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	closeCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if cerr := enf.Close(closeCtx, keep); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	log.Info("stopped", "kept_rules", keep)
+	if clean {
+		return errors.Join(ignoreCanceled(err))
+	}
+	return err
+}
+
+func ignoreCanceled(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func backendConfig(cfg *config.Config, log *slog.Logger) iptables.Config {
+	return iptables.Config{
+		Mode:            cfg.Mode,
+		DisableIPv4:     cfg.DisableIPv4,
+		DisableIPv6:     cfg.DisableIPv6,
+		SetName4:        cfg.BlacklistsIPv4,
+		SetName6:        cfg.BlacklistsIPv6,
+		SetType:         cfg.IPSetType,
+		MaxElem:         cfg.IPSetSize,
+		DisableTimeouts: cfg.IPSetDisableTimeouts,
+		Chains4:         cfg.Chains4(),
+		Chains6:         cfg.Chains6(),
+		Chain:           "CROWDSEC_CHAIN",
+		DenyAction:      cfg.DenyAction,
+		DenyLog:         cfg.DenyLog,
+		DenyLogPrefix:   cfg.DenyLogPrefix,
+		RuleComments:    cfg.IPTablesAddRuleComments,
+		Logger:          log,
+	}
+}
+
+func toSet(xs []string) map[string]bool {
+	m := make(map[string]bool, len(xs))
+	for _, x := range xs {
+		m[x] = true
+	}
+	return m
+}

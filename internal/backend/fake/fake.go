@@ -1,0 +1,275 @@
+// Package fake is an in-memory backend.Backend that keeps state, can print it,
+// and lets tests inject drift and failures. It stands in for the kernel in
+// unit tests of the enforcer loop.
+package fake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
+)
+
+// ErrInjected is returned by a method whose failure a test asked for.
+var ErrInjected = errors.New("fake: injected failure")
+
+// Backend is a fake kernel: per-set members with expiries, and a flag for
+// "our chains and rules exist". Safe for concurrent use so tests can inject
+// drift while the enforcer runs.
+type Backend struct {
+	mu       sync.Mutex
+	now      func() time.Time
+	infra    bool
+	sets     map[backend.SetKey]map[netip.Prefix]time.Time
+	calls    map[string]int
+	failNext map[string]int // method → how many next calls fail
+	adds     []backend.Entry
+}
+
+// New returns an empty fake whose expiry checks use now.
+func New(now func() time.Time) *Backend {
+	return &Backend{
+		now:      now,
+		sets:     map[backend.SetKey]map[netip.Prefix]time.Time{},
+		calls:    map[string]int{},
+		failNext: map[string]int{},
+	}
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+func key(e backend.Entry) backend.SetKey {
+	return backend.SetKey{Origin: e.Origin, V6: e.Prefix.Addr().Is6()}
+}
+
+// fail counts the call and reports whether an injected failure is due.
+func (b *Backend) fail(method string) error {
+	b.calls[method]++
+	if b.failNext[method] > 0 {
+		b.failNext[method]--
+		return fmt.Errorf("%s: %w", method, ErrInjected)
+	}
+	return nil
+}
+
+// Ensure implements backend.Backend.
+func (b *Backend) Ensure(_ context.Context, origins []int) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.fail("Ensure"); err != nil {
+		return err
+	}
+	b.infra = true
+	for _, o := range origins {
+		for _, v6 := range []bool{false, true} {
+			k := backend.SetKey{Origin: o, V6: v6}
+			if b.sets[k] == nil {
+				b.sets[k] = map[netip.Prefix]time.Time{}
+			}
+		}
+	}
+	return nil
+}
+
+// Apply implements backend.Backend.
+func (b *Backend) Apply(_ context.Context, d backend.Delta) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.fail("Apply"); err != nil {
+		return err
+	}
+	for _, e := range d.Del {
+		delete(b.sets[key(e)], e.Prefix)
+	}
+	for _, e := range d.Add {
+		s := b.sets[key(e)]
+		if s == nil {
+			return fmt.Errorf("fake: add %v: set %v does not exist", e.Prefix, key(e))
+		}
+		s[e.Prefix] = e.Until
+		b.adds = append(b.adds, e)
+	}
+	return nil
+}
+
+// Replay implements backend.Backend.
+func (b *Backend) Replay(_ context.Context, active []backend.Entry) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.fail("Replay"); err != nil {
+		return err
+	}
+	for k := range b.sets {
+		b.sets[k] = map[netip.Prefix]time.Time{}
+	}
+	now := b.now()
+	for _, e := range active {
+		if !e.Until.After(now) {
+			continue
+		}
+		s := b.sets[key(e)]
+		if s == nil {
+			s = map[netip.Prefix]time.Time{}
+			b.sets[key(e)] = s
+		}
+		s[e.Prefix] = e.Until
+		b.adds = append(b.adds, e)
+	}
+	return nil
+}
+
+// Verify implements backend.Backend. Members past their expiry count as gone,
+// as the kernel's timeouts would have removed them.
+func (b *Backend) Verify(_ context.Context, want map[backend.SetKey]int) (backend.Drift, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var d backend.Drift
+	if err := b.fail("Verify"); err != nil {
+		return d, err
+	}
+	if !b.infra {
+		d.Add("chain", "infrastructure missing")
+	}
+	now := b.now()
+	for _, k := range sortedKeys(want) {
+		s, ok := b.sets[k]
+		if !ok {
+			d.Add("set", fmt.Sprintf("set %v missing", k))
+			continue
+		}
+		n := 0
+		for _, until := range s {
+			if until.After(now) {
+				n++
+			}
+		}
+		if n < want[k] {
+			d.Add("count", fmt.Sprintf("set %v holds %d, want %d", k, n, want[k]))
+		}
+	}
+	return d, nil
+}
+
+// Members implements backend.Backend.
+func (b *Backend) Members(_ context.Context) (map[backend.SetKey][]netip.Prefix, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.fail("Members"); err != nil {
+		return nil, err
+	}
+	now := b.now()
+	out := map[backend.SetKey][]netip.Prefix{}
+	for k, s := range b.sets {
+		for p, until := range s {
+			if until.After(now) {
+				out[k] = append(out[k], p)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Close implements backend.Backend.
+func (b *Backend) Close(_ context.Context, keep bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.fail("Close"); err != nil {
+		return err
+	}
+	if !keep {
+		b.infra = false
+		b.sets = map[backend.SetKey]map[netip.Prefix]time.Time{}
+	}
+	return nil
+}
+
+// Wipe simulates `iptables -F; iptables -X; ipset destroy`.
+func (b *Backend) Wipe() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.infra = false
+	b.sets = map[backend.SetKey]map[netip.Prefix]time.Time{}
+}
+
+// RemoveMember simulates an admin deleting one entry by hand.
+func (b *Backend) RemoveMember(k backend.SetKey, p netip.Prefix) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.sets[k], p)
+}
+
+// AddMember simulates a foreign entry added to one of our sets.
+func (b *Backend) AddMember(k backend.SetKey, p netip.Prefix, until time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sets[k] == nil {
+		b.sets[k] = map[netip.Prefix]time.Time{}
+	}
+	b.sets[k][p] = until
+}
+
+// FailNext makes the next n calls of method ("Replay", "Apply", ...) fail.
+func (b *Backend) FailNext(method string, n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.failNext[method] = n
+}
+
+// Calls reports how many times method was called.
+func (b *Backend) Calls(method string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.calls[method]
+}
+
+// Adds returns every entry written by Apply or Replay, in order.
+func (b *Backend) Adds() []backend.Entry {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.adds)
+}
+
+// Has reports whether prefix is in the set of origin, unexpired.
+func (b *Backend) Has(origin int, p netip.Prefix) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	until, ok := b.sets[backend.SetKey{Origin: origin, V6: p.Addr().Is6()}][p]
+	return ok && until.After(b.now())
+}
+
+// String prints the state, one line per member, sorted, for golden tests
+// and failure messages.
+func (b *Backend) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var lines []string
+	lines = append(lines, fmt.Sprintf("infra=%v", b.infra))
+	for k, s := range b.sets {
+		for p, until := range s {
+			lines = append(lines, fmt.Sprintf("set origin=%d v6=%v %s until=%s", k.Origin, k.V6, p, until.UTC().Format(time.RFC3339)))
+		}
+	}
+	sort.Strings(lines[1:])
+	return strings.Join(lines, "\n")
+}
+
+func sortedKeys(m map[backend.SetKey]int) []backend.SetKey {
+	ks := make([]backend.SetKey, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Slice(ks, func(i, j int) bool {
+		if ks[i].Origin != ks[j].Origin {
+			return ks[i].Origin < ks[j].Origin
+		}
+		return !ks[i].V6 && ks[j].V6
+	})
+	return ks
+}

@@ -1,0 +1,169 @@
+package heal
+
+import (
+	"net/netip"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
+)
+
+// This file computes the desired kernel state from the journal's view and the
+// delta between two states. It is pure: no kernel, no clock of its own.
+
+// originIndex maps an origin name to its stable set index.
+type originIndex func(origin string) (int, bool)
+
+// entriesFor returns the kernel entries one prefix needs: one per origin set,
+// with the longest expiry among the decisions of that origin on the prefix
+// (an Ip and a Range decision, or two types, can share a prefix).
+func entriesFor(ds []journal.Decision, idx originIndex) []backend.Entry {
+	var out []backend.Entry
+	for _, d := range ds {
+		o, ok := idx(d.Origin)
+		if !ok {
+			continue // cannot happen after Append: it assigns every origin
+		}
+		found := false
+		for i := range out {
+			if out[i].Origin == o {
+				found = true
+				if d.Until.After(out[i].Until) {
+					out[i].Until = d.Until
+				}
+			}
+		}
+		if !found {
+			out = append(out, backend.Entry{Prefix: d.Prefix, Origin: o, Until: d.Until})
+		}
+	}
+	return out
+}
+
+// snapshot is the desired entries of a set of prefixes at one moment.
+type snapshot map[netip.Prefix][]backend.Entry
+
+func takeSnapshot(v *journal.View, prefixes map[netip.Prefix]struct{}, idx originIndex) snapshot {
+	s := make(snapshot, len(prefixes))
+	for p := range prefixes {
+		if es := entriesFor(v.ForPrefix(p), idx); len(es) > 0 {
+			s[p] = es
+		}
+	}
+	return s
+}
+
+// diff returns what turns the kernel from before into after: entries gone or
+// moved to another origin are deleted, new or changed ones are added (an add
+// of an existing entry updates its timeout).
+func diff(before, after snapshot) backend.Delta {
+	var d backend.Delta
+	for p, olds := range before {
+		news := after[p]
+		for _, o := range olds {
+			if !slices.ContainsFunc(news, func(n backend.Entry) bool { return n.Origin == o.Origin }) {
+				d.Del = append(d.Del, o)
+			}
+		}
+	}
+	for p, news := range after {
+		olds := before[p]
+		for _, n := range news {
+			i := slices.IndexFunc(olds, func(o backend.Entry) bool { return o.Origin == n.Origin })
+			if i < 0 || !olds[i].Until.Equal(n.Until) {
+				d.Add = append(d.Add, n)
+			}
+		}
+	}
+	sortEntries(d.Add)
+	sortEntries(d.Del)
+	return d
+}
+
+// affected returns the prefixes a batch can change.
+func affected(v *journal.View, b journal.Batch) map[netip.Prefix]struct{} {
+	n := len(b.New) + len(b.Deleted)
+	if b.Full {
+		n += v.Len()
+	}
+	ps := make(map[netip.Prefix]struct{}, n)
+	for _, d := range b.New {
+		ps[d.Prefix] = struct{}{}
+	}
+	for _, k := range b.Deleted {
+		ps[k.Prefix] = struct{}{}
+	}
+	if b.Full {
+		v.Each(func(d journal.Decision) bool {
+			ps[d.Prefix] = struct{}{}
+			return true
+		})
+	}
+	return ps
+}
+
+// activeEntries returns the whole desired kernel state, for Replay.
+func activeEntries(v *journal.View, now time.Time, idx originIndex) []backend.Entry {
+	seen := make(map[netip.Prefix]struct{}, v.Len())
+	out := make([]backend.Entry, 0, v.Len())
+	v.Each(func(d journal.Decision) bool {
+		if !d.Until.After(now) {
+			return true
+		}
+		if _, dup := seen[d.Prefix]; dup {
+			return true
+		}
+		seen[d.Prefix] = struct{}{}
+		for _, e := range entriesFor(v.ForPrefix(d.Prefix), idx) {
+			if e.Until.After(now) {
+				out = append(out, e)
+			}
+		}
+		return true
+	})
+	return out
+}
+
+// expectedCounts is, per set, the sorted expiries of its entries, so the
+// number still alive at any instant is one binary search away: the verify
+// pass runs every second and must not walk 100k entries.
+type expectedCounts map[backend.SetKey][]int64
+
+func countEntries(es []backend.Entry) expectedCounts {
+	c := expectedCounts{}
+	for _, e := range es {
+		k := backend.SetKey{Origin: e.Origin, V6: e.Prefix.Addr().Is6()}
+		c[k] = append(c[k], e.Until.UnixNano())
+	}
+	for _, us := range c {
+		slices.Sort(us)
+	}
+	return c
+}
+
+// want returns, per set, how many entries must still be in the kernel at
+// now+slack: entries about to expire are not counted, as the kernel may drop
+// them first.
+func (c expectedCounts) want(now time.Time, slack time.Duration) map[backend.SetKey]int {
+	cut := now.Add(slack).UnixNano()
+	w := make(map[backend.SetKey]int, len(c))
+	for k, us := range c {
+		i, _ := slices.BinarySearch(us, cut+1)
+		w[k] = len(us) - i
+	}
+	return w
+}
+
+func sortEntries(es []backend.Entry) {
+	sort.Slice(es, func(i, j int) bool {
+		if c := es[i].Prefix.Addr().Compare(es[j].Prefix.Addr()); c != 0 {
+			return c < 0
+		}
+		if es[i].Prefix.Bits() != es[j].Prefix.Bits() {
+			return es[i].Prefix.Bits() < es[j].Prefix.Bits()
+		}
+		return es[i].Origin < es[j].Origin
+	})
+}

@@ -1,0 +1,383 @@
+// Package heal owns the kernel state: one goroutine applies LAPI batches
+// (journal first, kernel second), verifies about once a second that our
+// chains, rules and sets are intact, and repairs drift in-process by
+// replaying the journal's view. It exits only when a replay itself keeps
+// failing, for systemd to restart the service.
+package heal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
+)
+
+// ErrReplayFailed is returned by Run when the repair ladder is exhausted:
+// replays failed, retries with backoff failed, and a full LAPI resync (when
+// LAPI was reachable) did not help. The daemon exits with ExitReplayFailed.
+var ErrReplayFailed = errors.New("replay failed after all retries")
+
+// ExitReplayFailed is the process exit code for ErrReplayFailed, distinct
+// from configuration (1) and usage (2) errors so that systemd's
+// Restart=on-failure and alerting can tell them apart.
+const ExitReplayFailed = 3
+
+// Config tunes the loop. Zero values take the defaults below.
+type Config struct {
+	VerifyInterval    time.Duration // fast verify cadence (default 1s)
+	DeepInterval      time.Duration // member-by-member verify cadence (default 5m)
+	MaxReplayAttempts int           // replays before asking LAPI for a full resync (default 5)
+	BackoffInitial    time.Duration // first retry / anti-fight delay (default 1s)
+	BackoffMax        time.Duration // cap of both (default 1m)
+	// FightWindow: a drift that comes back sooner than this after a repair
+	// counts as another program undoing our work (default 30s).
+	FightWindow time.Duration
+	// ExpireSlack: entries expiring this soon are not counted as expected,
+	// as the kernel's own timeout may already have dropped them (default 2s).
+	ExpireSlack time.Duration
+	// RefreshMargin: long bans (beyond backend.MaxTimeout) are re-added this
+	// long before their kernel timeout runs out (default 24h).
+	RefreshMargin time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.VerifyInterval, time.Second)
+	def(&c.DeepInterval, 5*time.Minute)
+	def(&c.BackoffInitial, time.Second)
+	def(&c.BackoffMax, time.Minute)
+	def(&c.FightWindow, 30*time.Second)
+	def(&c.ExpireSlack, 2*time.Second)
+	def(&c.RefreshMargin, 24*time.Hour)
+	if c.MaxReplayAttempts <= 0 {
+		c.MaxReplayAttempts = 5
+	}
+	return c
+}
+
+// Deps are the enforcer's collaborators; Journal, Backend and Logger are required.
+type Deps struct {
+	Journal *journal.Journal
+	Backend backend.Backend
+	Logger  *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Sleep waits d or until ctx ends (default a timer); tests record instead.
+	Sleep func(ctx context.Context, d time.Duration) error
+	// Ticks drives the verify pass (default a ticker of VerifyInterval).
+	Ticks <-chan time.Time
+	// Resync pulls LAPI's full active set (startup=true), for the third rung
+	// of the repair ladder. Nil when there is no LAPI.
+	Resync func(ctx context.Context) (journal.Batch, error)
+}
+
+// Enforcer is the single owner of the journal view and the backend.
+type Enforcer struct {
+	cfg  Config
+	j    *journal.Journal
+	be   backend.Backend
+	log  *slog.Logger
+	now  func() time.Time
+	slp  func(ctx context.Context, d time.Duration) error
+	tick <-chan time.Time
+	sync func(ctx context.Context) (journal.Batch, error)
+
+	reqs   chan request
+	health healthBox
+
+	// Owned by the Run goroutine.
+	counts       expectedCounts
+	countsDirty  bool
+	nextExpiry   time.Time // earliest Until in the view; zero = nothing to expire
+	refreshDue   time.Time // when long bans must be re-added; zero = none
+	lastDeep     time.Time
+	lastRepair   time.Time
+	fights       int
+	repairAfter  time.Time // anti-fight: no repair before this
+	lastFullPull time.Time // pull time of the last applied full batch
+	ensured      map[int]bool
+}
+
+type request struct {
+	batch    journal.Batch
+	pulledAt time.Time
+	done     chan error
+}
+
+// New wires an enforcer; call Boot, then Run.
+func New(cfg Config, d Deps) *Enforcer {
+	e := &Enforcer{
+		cfg:     cfg.withDefaults(),
+		j:       d.Journal,
+		be:      d.Backend,
+		log:     d.Logger.With("component", "heal"),
+		now:     d.Now,
+		slp:     d.Sleep,
+		tick:    d.Ticks,
+		sync:    d.Resync,
+		reqs:    make(chan request),
+		ensured: map[int]bool{},
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if e.slp == nil {
+		e.slp = sleepCtx
+	}
+	return e
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Health returns a snapshot of the loop's state; safe from any goroutine.
+func (e *Enforcer) Health() Health { return e.health.get() }
+
+// SetLAPI records the outcome of a LAPI pull; safe from any goroutine.
+func (e *Enforcer) SetLAPI(reachable bool, at time.Time, full bool) {
+	e.health.update(func(h *Health) {
+		h.LAPIReachable = reachable
+		if reachable {
+			h.LastPull = at
+			if full {
+				h.LastFullResync = at
+			}
+		}
+	})
+}
+
+// Boot enforces the journal before LAPI is contacted: it ensures our
+// infrastructure and replays the view, so a host whose LAPI is down stays
+// protected from the first second. It runs in the caller's goroutine, before
+// Run.
+func (e *Enforcer) Boot(ctx context.Context) error {
+	start := e.now()
+	n, err := e.ensureAndReplay(ctx)
+	if err != nil {
+		return fmt.Errorf("enforce journal at boot: %w", err)
+	}
+	e.log.Info("journal enforced", "entries", n, "took", e.now().Sub(start).Round(time.Microsecond))
+	e.health.update(func(h *Health) { h.Enforcing = true })
+	return nil
+}
+
+// Submit hands one normalized LAPI batch to the loop and waits until it is in
+// the journal and the kernel. pulledAt is when the pull started; a delta
+// pulled before the last applied full resync is stale and dropped.
+func (e *Enforcer) Submit(ctx context.Context, b journal.Batch, pulledAt time.Time) error {
+	r := request{batch: b, pulledAt: pulledAt, done: make(chan error, 1)}
+	select {
+	case e.reqs <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run is the loop. It returns ctx's error on shutdown, or a fatal error
+// (journal write failure, ErrReplayFailed).
+func (e *Enforcer) Run(ctx context.Context) error {
+	if e.tick == nil {
+		t := time.NewTicker(e.cfg.VerifyInterval)
+		defer t.Stop()
+		e.tick = t.C
+	}
+	e.lastDeep = e.now()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case r := <-e.reqs:
+			err := e.apply(ctx, r)
+			r.done <- err
+			if err != nil {
+				return err
+			}
+		case <-e.tick:
+			if err := e.pass(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// apply writes a batch to the journal, then to the kernel. A kernel failure
+// is repaired through the ladder; a journal failure is fatal, because the
+// write-ahead guarantee would otherwise be silently broken.
+func (e *Enforcer) apply(ctx context.Context, r request) error {
+	b := r.batch
+	if !b.Full && b.Len() == 0 {
+		return nil // an empty delta pull: nothing to journal every update_frequency
+	}
+	if !b.Full && r.pulledAt.Before(e.lastFullPull) {
+		e.log.Warn("dropping delta pulled before the last full resync", "decisions", b.Len())
+		return nil
+	}
+	v := e.j.View()
+	ps := affected(v, b)
+	before := takeSnapshot(v, ps, e.j.OriginIndex)
+	if err := e.j.Append(b); err != nil {
+		return fmt.Errorf("journal append of %d decisions: %w", b.Len(), err)
+	}
+	if b.Full {
+		e.lastFullPull = r.pulledAt
+	}
+	after := takeSnapshot(v, ps, e.j.OriginIndex)
+	e.countsDirty = true
+	d := diff(before, after)
+	if d.Empty() {
+		return nil
+	}
+	err := e.ensureOrigins(ctx)
+	if err == nil {
+		err = e.be.Apply(ctx, d)
+	}
+	if err != nil {
+		// The kernel state is now unknown: only a full replay is safe.
+		e.log.Error("apply batch failed, replaying", "err", err)
+		return e.repair(ctx, []string{"apply"}, []string{err.Error()})
+	}
+	e.noteLongBans(d.Add)
+	e.log.Debug("batch applied", "full", b.Full, "added", len(d.Add), "deleted", len(d.Del))
+	e.health.update(func(h *Health) { h.Enforcing = true; h.ActiveEntries = v.Len() })
+	return nil
+}
+
+// ensureOrigins creates the sets and rules of origins seen for the first time.
+func (e *Enforcer) ensureOrigins(ctx context.Context) error {
+	all := e.j.Origins()
+	if len(all) == len(e.ensured) {
+		return nil
+	}
+	idx := slices.Sorted(maps.Values(all))
+	if err := e.be.Ensure(ctx, idx); err != nil {
+		return err
+	}
+	for _, i := range idx {
+		e.ensured[i] = true
+	}
+	return nil
+}
+
+// pass is one tick: expire, refresh long bans, fast verify, and now and then
+// the deep verify.
+func (e *Enforcer) pass(ctx context.Context) error {
+	now := e.now()
+	if err := e.expire(ctx, now); err != nil {
+		return err
+	}
+	if err := e.refreshLongBans(ctx, now); err != nil {
+		return err
+	}
+	if now.Before(e.repairAfter) {
+		return nil // backing off from a fight; verify again once allowed
+	}
+	if e.countsDirty {
+		e.rebuildCounts(now)
+	}
+	want := e.counts.want(now, e.cfg.ExpireSlack)
+	for _, o := range e.j.Origins() {
+		for _, v6 := range []bool{false, true} {
+			k := backend.SetKey{Origin: o, V6: v6}
+			if _, ok := want[k]; !ok {
+				want[k] = 0
+			}
+		}
+	}
+	start := time.Now()
+	drift, err := e.be.Verify(ctx, want)
+	took := time.Since(start)
+	e.health.update(func(h *Health) {
+		h.LastVerify, h.LastVerifyOK, h.VerifyTook = now, err == nil && drift.None(), took
+		h.BackingOff = false
+	})
+	if err != nil {
+		// A verify that cannot read the kernel is itself drift: repair.
+		drift.Add("verify", err.Error())
+	}
+	if !drift.None() {
+		return e.repair(ctx, drift.Kinds, drift.Details)
+	}
+	if now.Sub(e.lastDeep) >= e.cfg.DeepInterval {
+		e.lastDeep = now
+		return e.deepVerify(ctx, now)
+	}
+	return nil
+}
+
+// rebuildCounts recomputes the expected member counts and the next expiry.
+func (e *Enforcer) rebuildCounts(now time.Time) {
+	es := activeEntries(e.j.View(), now, e.j.OriginIndex)
+	e.counts = countEntries(es)
+	e.countsDirty = false
+	e.nextExpiry = time.Time{}
+	e.j.View().Each(func(d journal.Decision) bool {
+		if e.nextExpiry.IsZero() || d.Until.Before(e.nextExpiry) {
+			e.nextExpiry = d.Until
+		}
+		return true
+	})
+	e.health.update(func(h *Health) { h.ActiveEntries = e.j.View().Len() })
+}
+
+// expire drops expired decisions from the view and their entries from the
+// kernel. The kernel's own timeouts usually beat us to it; this covers
+// ipset_disable_timeouts and prefixes that fall back to a shorter decision.
+func (e *Enforcer) expire(ctx context.Context, now time.Time) error {
+	if e.countsDirty {
+		e.rebuildCounts(now)
+	}
+	if e.nextExpiry.IsZero() || now.Before(e.nextExpiry) {
+		return nil
+	}
+	v := e.j.View()
+	gone := v.Expire(now)
+	e.countsDirty = true
+	if len(gone) == 0 {
+		return nil
+	}
+	before := snapshot{}
+	ps := map[netip.Prefix]struct{}{}
+	for _, d := range gone {
+		ps[d.Prefix] = struct{}{}
+	}
+	for p := range ps {
+		ds := v.ForPrefix(p)
+		for _, d := range gone {
+			if d.Prefix == p {
+				ds = append(ds, d)
+			}
+		}
+		before[p] = entriesFor(ds, e.j.OriginIndex)
+	}
+	d := diff(before, takeSnapshot(v, ps, e.j.OriginIndex))
+	if err := e.be.Apply(ctx, d); err != nil {
+		return e.repair(ctx, []string{"apply"}, []string{"expire: " + err.Error()})
+	}
+	e.log.Debug("expired", "decisions", len(gone), "deleted", len(d.Del))
+	return nil
+}

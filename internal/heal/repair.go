@@ -1,0 +1,230 @@
+package heal
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
+)
+
+// ensureAndReplay rebuilds missing infrastructure and makes the kernel sets
+// hold exactly the view. It returns how many entries it replayed.
+func (e *Enforcer) ensureAndReplay(ctx context.Context) (int, error) {
+	now := e.now()
+	origins := slices.Sorted(maps.Values(e.j.Origins()))
+	if err := e.be.Ensure(ctx, origins); err != nil {
+		return 0, fmt.Errorf("ensure infrastructure: %w", err)
+	}
+	for _, o := range origins {
+		e.ensured[o] = true
+	}
+	es := activeEntries(e.j.View(), now, e.j.OriginIndex)
+	if err := e.be.Replay(ctx, es); err != nil {
+		return 0, fmt.Errorf("replay %d entries: %w", len(es), err)
+	}
+	e.counts = countEntries(es)
+	e.countsDirty = false
+	e.refreshDue = time.Time{}
+	e.noteLongBans(es)
+	return len(es), nil
+}
+
+// repair climbs the ladder: Ensure + Replay, retried with backoff; then a full
+// LAPI resync and one more replay; then ErrReplayFailed. It also keeps us
+// from fighting another program: drift that returns within FightWindow
+// delays the next repair, exponentially up to BackoffMax.
+func (e *Enforcer) repair(ctx context.Context, kinds, details []string) error {
+	start := e.now()
+	var lastErr error
+	for attempt := 1; attempt <= e.cfg.MaxReplayAttempts; attempt++ {
+		n, err := e.ensureAndReplay(ctx)
+		if err == nil {
+			e.repaired(start, kinds, details, n, attempt)
+			return nil
+		}
+		lastErr = err
+		e.failed(err, attempt)
+		if attempt == e.cfg.MaxReplayAttempts {
+			break
+		}
+		if err := e.slp(ctx, e.backoff(attempt)); err != nil {
+			return err
+		}
+	}
+	if e.sync != nil {
+		e.log.Warn("replays keep failing, asking LAPI for a full resync", "attempts", e.cfg.MaxReplayAttempts, "err", lastErr)
+		b, err := e.sync(ctx)
+		if err == nil {
+			pulled := e.now()
+			b.Full = true
+			if err := e.j.Append(b); err != nil {
+				return fmt.Errorf("journal append of full resync: %w", err)
+			}
+			e.lastFullPull = pulled
+			e.SetLAPI(true, pulled, true)
+			n, err := e.ensureAndReplay(ctx)
+			if err == nil {
+				e.repaired(start, kinds, details, n, e.cfg.MaxReplayAttempts+1)
+				return nil
+			}
+			lastErr = err
+			e.failed(err, e.cfg.MaxReplayAttempts+1)
+		} else {
+			e.SetLAPI(false, time.Time{}, false)
+			e.log.Warn("full resync for repair failed", "err", err)
+		}
+	}
+	return fmt.Errorf("%w: %w", ErrReplayFailed, lastErr)
+}
+
+func (e *Enforcer) backoff(attempt int) time.Duration {
+	d := e.cfg.BackoffInitial << (attempt - 1)
+	if d <= 0 || d > e.cfg.BackoffMax {
+		d = e.cfg.BackoffMax
+	}
+	return d
+}
+
+func (e *Enforcer) failed(err error, attempt int) {
+	e.log.Error("replay failed", "attempt", attempt, "of", e.cfg.MaxReplayAttempts, "err", err)
+	e.health.update(func(h *Health) {
+		h.ReplayFailures++
+		h.ConsecutiveFailures++
+	})
+}
+
+func (e *Enforcer) repaired(start time.Time, kinds, details []string, n, attempts int) {
+	end := e.now()
+	took := end.Sub(start)
+	if !e.lastRepair.IsZero() && start.Sub(e.lastRepair) < e.cfg.FightWindow {
+		e.fights++
+	} else {
+		e.fights = 0
+	}
+	e.lastRepair = end
+	e.repairAfter = time.Time{}
+	if e.fights > 0 {
+		delay := e.backoff(e.fights)
+		e.repairAfter = end.Add(delay)
+		e.log.Warn("drift keeps coming back: another program is undoing our rules; backing off",
+			"repairs_in_a_row", e.fights+1, "next_repair_in", delay)
+	}
+	e.log.Warn("repaired drift", "drift", strings.Join(kinds, ","), "details", strings.Join(details, "; "),
+		"replayed", n, "attempts", attempts, "took", took.Round(time.Microsecond))
+	uniq := slices.Compact(slices.Sorted(slices.Values(kinds)))
+	e.health.update(func(h *Health) {
+		h.LastRepair, h.LastRepairDrift, h.LastRepairTook, h.LastRepairEntries = end, uniq, took, n
+		h.Repairs++
+		if h.RepairsByKind == nil {
+			h.RepairsByKind = map[string]int{}
+		}
+		for _, k := range uniq {
+			h.RepairsByKind[k]++
+		}
+		h.ConsecutiveFailures = 0
+		h.BackingOff = e.fights > 0
+		h.Enforcing = true
+	})
+}
+
+// deepVerify compares every set's members with the view and puts back single
+// missing entries (and removes ones we no longer want) without a full replay.
+func (e *Enforcer) deepVerify(ctx context.Context, now time.Time) error {
+	got, err := e.be.Members(ctx)
+	if err != nil {
+		return e.repair(ctx, []string{"verify"}, []string{"deep verify: " + err.Error()})
+	}
+	have := make(map[backend.SetKey]map[netip.Prefix]struct{}, len(got))
+	for k, ps := range got {
+		m := make(map[netip.Prefix]struct{}, len(ps))
+		for _, p := range ps {
+			m[p] = struct{}{}
+		}
+		have[k] = m
+	}
+	var d backend.Delta
+	cut := now.Add(e.cfg.ExpireSlack)
+	for _, en := range activeEntries(e.j.View(), now, e.j.OriginIndex) {
+		k := backend.SetKey{Origin: en.Origin, V6: en.Prefix.Addr().Is6()}
+		if _, ok := have[k][en.Prefix]; ok {
+			delete(have[k], en.Prefix)
+			continue
+		}
+		if en.Until.After(cut) {
+			d.Add = append(d.Add, en)
+		}
+	}
+	for k, rest := range have {
+		for p := range rest {
+			d.Del = append(d.Del, backend.Entry{Prefix: p, Origin: k.Origin})
+		}
+	}
+	if d.Empty() {
+		return nil
+	}
+	if err := e.be.Apply(ctx, d); err != nil {
+		return e.repair(ctx, []string{"member"}, []string{"deep verify apply: " + err.Error()})
+	}
+	e.log.Warn("deep verify repaired members", "missing", len(d.Add), "unexpected", len(d.Del))
+	e.health.update(func(h *Health) {
+		h.DeepRepairs += len(d.Add) + len(d.Del)
+		if h.RepairsByKind == nil {
+			h.RepairsByKind = map[string]int{}
+		}
+		h.RepairsByKind["member"]++
+	})
+	return nil
+}
+
+// noteLongBans schedules a refresh for entries whose expiry is beyond the
+// kernel's maximum timeout: the kernel would drop them early otherwise.
+func (e *Enforcer) noteLongBans(es []backend.Entry) {
+	now := e.now()
+	for _, en := range es {
+		if en.Until.Sub(now) > backend.MaxTimeout {
+			due := now.Add(backend.MaxTimeout - e.cfg.RefreshMargin)
+			if e.refreshDue.IsZero() || due.Before(e.refreshDue) {
+				e.refreshDue = due
+			}
+			return // every long entry written now has the same due time
+		}
+	}
+}
+
+// refreshLongBans re-adds every entry that outlives the refresh margin, which
+// resets their kernel timeouts (an add of a present entry updates it).
+func (e *Enforcer) refreshLongBans(ctx context.Context, now time.Time) error {
+	if e.refreshDue.IsZero() || now.Before(e.refreshDue) {
+		return nil
+	}
+	e.refreshDue = time.Time{}
+	var d backend.Delta
+	for _, en := range activeEntries(e.j.View(), now, e.j.OriginIndex) {
+		if en.Until.Sub(now) > e.cfg.RefreshMargin {
+			d.Add = append(d.Add, en)
+		}
+	}
+	if d.Empty() {
+		return nil
+	}
+	if err := e.be.Apply(ctx, d); err != nil {
+		return e.repair(ctx, []string{"apply"}, []string{"refresh long bans: " + err.Error()})
+	}
+	e.noteLongBans(d.Add)
+	e.log.Info("refreshed long bans", "entries", len(d.Add))
+	return nil
+}
+
+// Close shuts the backend down: keep leaves rules and sets in the kernel so
+// enforcement survives a restart. Call after Run has returned.
+func (e *Enforcer) Close(ctx context.Context, keep bool) error {
+	if err := e.be.Close(ctx, keep); err != nil {
+		return fmt.Errorf("close backend (keep=%v): %w", keep, err)
+	}
+	return nil
+}
