@@ -37,8 +37,12 @@ type Config struct {
 	BackoffInitial    time.Duration // first retry / anti-fight delay (default 1s)
 	BackoffMax        time.Duration // cap of both (default 1m)
 	// FightWindow: a drift that comes back sooner than this after a repair
-	// counts as another program undoing our work (default 30s).
+	// counts as another program undoing our work (default 10s).
 	FightWindow time.Duration
+	// FreeRepairs: how many such quick repeats are repaired at once before
+	// backing off (default 3): a firewall reload often removes chains, rules
+	// and sets in separate steps, each of which deserves an immediate repair.
+	FreeRepairs int
 	// ExpireSlack: entries expiring this soon are not counted as expected,
 	// as the kernel's own timeout may already have dropped them (default 2s).
 	ExpireSlack time.Duration
@@ -57,9 +61,12 @@ func (c Config) withDefaults() Config {
 	def(&c.DeepInterval, 5*time.Minute)
 	def(&c.BackoffInitial, time.Second)
 	def(&c.BackoffMax, time.Minute)
-	def(&c.FightWindow, 30*time.Second)
+	def(&c.FightWindow, 10*time.Second)
 	def(&c.ExpireSlack, 2*time.Second)
 	def(&c.RefreshMargin, 24*time.Hour)
+	if c.FreeRepairs <= 0 {
+		c.FreeRepairs = 3
+	}
 	if c.MaxReplayAttempts <= 0 {
 		c.MaxReplayAttempts = 5
 	}

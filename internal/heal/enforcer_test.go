@@ -233,7 +233,7 @@ func TestDriftRepairedOnce(t *testing.T) {
 }
 
 func TestRepeatedUndoingBacksOff(t *testing.T) {
-	r := newRig(t, Config{BackoffInitial: time.Second, BackoffMax: 4 * time.Second, FightWindow: 30 * time.Second},
+	r := newRig(t, Config{BackoffInitial: time.Second, BackoffMax: 4 * time.Second, FightWindow: 30 * time.Second, FreeRepairs: 1},
 		journal.Batch{New: []journal.Decision{ban("192.0.2.10/32", "crowdsec", time.Hour)}})
 	r.start()
 	base := r.be.Calls("Replay")

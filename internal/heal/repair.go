@@ -108,8 +108,8 @@ func (e *Enforcer) repaired(start time.Time, kinds, details []string, n, attempt
 	}
 	e.lastRepair = end
 	e.repairAfter = time.Time{}
-	if e.fights > 0 {
-		delay := e.backoff(e.fights)
+	if e.fights >= e.cfg.FreeRepairs {
+		delay := e.backoff(e.fights - e.cfg.FreeRepairs + 1)
 		e.repairAfter = end.Add(delay)
 		e.log.Warn("drift keeps coming back: another program is undoing our rules; backing off",
 			"repairs_in_a_row", e.fights+1, "next_repair_in", delay)
@@ -127,7 +127,7 @@ func (e *Enforcer) repaired(start time.Time, kinds, details []string, n, attempt
 			h.RepairsByKind[k]++
 		}
 		h.ConsecutiveFailures = 0
-		h.BackingOff = e.fights > 0
+		h.BackingOff = e.fights >= e.cfg.FreeRepairs
 		h.Enforcing = true
 	})
 }

@@ -1,0 +1,48 @@
+# cs-journal-bouncer — the targets people expect. Kernel and LAPI tests need
+# root: they run each test in its own network namespace and never touch the
+# host's firewall.
+export PATH := $(PATH):/usr/local/go/bin
+GO      ?= go
+BIN     := bin/cs-journal-bouncer
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build deps test test-unit lint bench demo fuzz clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/cs-journal-bouncer
+
+deps:
+	@bash scripts/deps.sh
+
+# The README's test command: sets itself up, then every test with -race.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 45m ./...
+
+# Tests that need neither root nor a LAPI.
+test-unit:
+	$(GO) test -race -count=1 -short ./...
+
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+fuzz:
+	$(GO) test -run=^$$ -fuzz=FuzzDecodeBatch -fuzztime=30s ./internal/journal/
+	$(GO) test -run=^$$ -fuzz=FuzzNormalize -fuzztime=30s ./internal/lapi/
+
+# Figures against references measured in the same run (never asserted).
+bench: deps build
+	CSJB_BENCH=1 $(GO) test -count=1 -run 'Bench' -v ./internal/backend/iptables/ ./cmd/cs-journal-bouncer/ 2>&1 | grep -E '^(bench|---|ok|FAIL|PASS)|figure'
+	$(GO) test -run=^$$ -bench=. -benchmem ./internal/journal/
+
+demo: deps build
+	bash scripts/demo.sh
+
+clean:
+	rm -rf bin

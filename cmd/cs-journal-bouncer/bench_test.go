@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestBenchStartup prints the figures of `make bench` (CSJB_BENCH=1): process
+// start → 100k bans in the kernel with a LAPI stand-in, restart from the
+// journal with LAPI down, peak RSS, heal after a full wipe and idle CPU, each
+// beside a reference measured in the same run (raw `ipset restore` of the
+// same entries). Timings are printed, never asserted: they vary ±30% here.
+func TestBenchStartup(t *testing.T) {
+	if os.Getenv("CSJB_BENCH") != "1" {
+		t.Skip("set CSJB_BENCH=1 (make bench)")
+	}
+	if !e2eSetup(t) {
+		return
+	}
+	const n = 100_000
+	body := streamBody(n)
+	var up atomic.Bool
+	up.Store(true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !up.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Query().Get("startup") == "true" {
+			_, _ = w.Write(body)
+			return
+		}
+		_, _ = w.Write([]byte(`{"new":null,"deleted":null}`))
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	ref := ipsetRestoreReference(t, n)
+	fmt.Printf("bench reference: ipset restore of %d entries: %v\n", n, ref.Round(time.Millisecond))
+
+	cfg := writeConfig(t, nil, bouncerOpts{URL: "http://" + ln.Addr().String() + "/", Key: "bench"})
+	start := time.Now()
+	b := launch(t, cfg)
+	waitSetCount(t, b, n)
+	cold := time.Since(start)
+	fmt.Printf("bench cold start → %d bans in the kernel: %v (%.2f× ipset restore; upstream measured 2.49 s)\n", n, cold.Round(time.Millisecond), cold.Seconds()/ref.Seconds())
+	b.waitLog(t, "pulled decisions", 10*time.Second)
+
+	// Heal: wipe everything under the running daemon.
+	time.Sleep(2 * time.Second)
+	fault := time.Now()
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		sh(t, tool, "-F")
+		sh(t, tool, "-X")
+	}
+	sh(t, "ipset", "destroy")
+	waitSetCount(t, b, n)
+	healed := time.Since(fault)
+	waitRule(t)
+	fmt.Printf("bench full wipe → %d bans enforced again: %v (upstream: never)\n", n, healed.Round(time.Millisecond))
+	b.waitLog(t, "repaired drift", 5*time.Second)
+	for _, l := range strings.Split(b.out.String(), "\n") {
+		if strings.Contains(l, "repaired drift") {
+			fmt.Printf("bench repair log: %s\n", l)
+		}
+	}
+
+	// Idle CPU with 100k bans.
+	time.Sleep(2 * time.Second)
+	c0 := cpuTicks(t, b.cmd.Process.Pid)
+	w0 := time.Now()
+	time.Sleep(10 * time.Second)
+	c1 := cpuTicks(t, b.cmd.Process.Pid)
+	idle := float64(c1-c0) / 100 / time.Since(w0).Seconds() * 100
+	fmt.Printf("bench idle CPU with %d bans: %.2f%% of one core\n", n, idle)
+	fmt.Printf("bench peak RSS (cold start, heal, idle): %d MB (upstream measured 81 MB)\n", peakRSS(t, b.cmd.Process.Pid)/1024)
+	b.stop(t) // on_shutdown: remove
+
+	// Restart from the journal with LAPI down.
+	up.Store(false)
+	start = time.Now()
+	b2 := launch(t, cfg)
+	waitSetCount(t, b2, n)
+	warm := time.Since(start)
+	fmt.Printf("bench restart from journal, LAPI down → %d bans in the kernel: %v (%.2f× ipset restore)\n", n, warm.Round(time.Millisecond), warm.Seconds()/ref.Seconds())
+	fmt.Printf("bench peak RSS (journal restart): %d MB\n", peakRSS(t, b2.cmd.Process.Pid)/1024)
+}
+
+// streamBody is LAPI's startup answer with n IPv4 bans from 198.18.0.0/15.
+func streamBody(n int) []byte {
+	var b bytes.Buffer
+	b.WriteString(`{"new":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"duration":"3h59m%d.5s","id":%d,"origin":"lists","scenario":"lists:bench","scope":"Ip","type":"ban","value":"198.18.%d.%d"}`,
+			i%60, i+1, i/256, i%256)
+	}
+	b.WriteString(`],"deleted":null}`)
+	return b.Bytes()
+}
+
+func ipsetRestoreReference(t *testing.T, n int) time.Duration {
+	t.Helper()
+	var in bytes.Buffer
+	in.WriteString("create csjb-ref hash:net family inet maxelem 262144 timeout 0\n")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&in, "add csjb-ref 198.18.%d.%d timeout 14400\n", i/256, i%256)
+	}
+	start := time.Now()
+	cmd := exec.Command("ipset", "restore")
+	cmd.Stdin = &in
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ipset restore: %v\n%s", err, out)
+	}
+	d := time.Since(start)
+	sh(t, "ipset", "destroy", "csjb-ref")
+	return d
+}
+
+// waitSetCount polls the kernel until our v4 sets hold n members.
+func waitSetCount(t *testing.T, b *bouncer, n int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if setMembers(t) >= n {
+			return
+		}
+		if !b.running() {
+			t.Fatalf("bouncer exited:\n%s", tail(b.out.String(), 30))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kernel holds %d of %d after 60s", setMembers(t), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func setMembers(t *testing.T) int {
+	t.Helper()
+	out, err := exec.Command("ipset", "list", "-t").CombinedOutput()
+	if err != nil {
+		return 0 // sets being swapped or not there yet
+	}
+	total := 0
+	name := ""
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, "Name: "); ok {
+			name = v
+		}
+		if v, ok := strings.CutPrefix(l, "Number of entries: "); ok && strings.HasPrefix(name, "crowdsec-blacklists-") && !strings.HasSuffix(name, "-t") {
+			c, _ := strconv.Atoi(v)
+			total += c
+		}
+	}
+	return total
+}
+
+func waitRule(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(sh(t, "iptables-save"), "-A INPUT -j CROWDSEC_CHAIN") {
+		if time.Now().After(deadline) {
+			t.Fatal("jump rule not back")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func cpuTicks(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return ut + st
+}
+
+// peakRSS returns VmHWM in KiB.
+func peakRSS(t *testing.T, pid int) int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return kb
+		}
+	}
+	return 0
+}

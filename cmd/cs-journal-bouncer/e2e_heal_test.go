@@ -1,0 +1,164 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/testenv"
+)
+
+// fault is something another program does to our firewall state.
+type fault struct {
+	name string
+	do   func(t *testing.T, saved4, saved6 string)
+}
+
+func both(cmds ...string) func(t *testing.T, _, _ string) {
+	return func(t *testing.T, _, _ string) {
+		for _, c := range cmds {
+			for _, tool := range []string{"iptables", "ip6tables"} {
+				sh(t, append([]string{tool}, strings.Fields(c)...)...)
+			}
+		}
+	}
+}
+
+func ipsetAll(t *testing.T, verb string) {
+	for _, name := range strings.Fields(sh(t, "ipset", "list", "-n")) {
+		if strings.Contains(name, "blacklists") {
+			sh(t, "ipset", verb, name)
+		}
+	}
+}
+
+var faults = []fault{
+	{"jump rule deleted", both("-D INPUT -j CROWDSEC_CHAIN")},
+	{"chain flushed", both("-F CROWDSEC_CHAIN")},
+	{"chain deleted", both("-D INPUT -j CROWDSEC_CHAIN", "-F CROWDSEC_CHAIN", "-X CROWDSEC_CHAIN")},
+	{"set flushed", func(t *testing.T, _, _ string) { ipsetAll(t, "flush") }},
+	{"set destroyed", func(t *testing.T, s4, s6 string) {
+		both("-F CROWDSEC_CHAIN")(t, s4, s6) // a set in use cannot be destroyed
+		ipsetAll(t, "destroy")
+	}},
+	{"everything wiped", func(t *testing.T, _, _ string) {
+		both("-F", "-X")(t, "", "")
+		sh(t, "ipset", "destroy")
+	}},
+	{"nft flush ruleset", func(t *testing.T, _, _ string) { sh(t, "nft", "flush", "ruleset") }},
+	{"iptables-restore of rules saved before start", func(t *testing.T, s4, s6 string) {
+		sh(t, "iptables-restore", s4)
+		sh(t, "ip6tables-restore", s6)
+	}},
+	{"one entry deleted by hand", func(t *testing.T, _, _ string) {
+		for _, name := range strings.Fields(sh(t, "ipset", "list", "-n")) {
+			if strings.HasPrefix(name, "crowdsec-blacklists") {
+				_, _ = tryRun("ipset", "del", name, "192.0.2.10")
+			}
+			if strings.HasPrefix(name, "crowdsec6-blacklists") {
+				_, _ = tryRun("ipset", "del", name, "2001:db8::10")
+			}
+		}
+	}},
+}
+
+// testHeal runs every fault against one running bouncer: after each, the
+// banned peer must be dropped again (v4 and v6), the clean one must pass, the
+// bouncer's PID must be unchanged and its log must show the repair.
+func testHeal(t *testing.T, lapiUp bool) {
+	l := testenv.StartLAPI(t)
+	p := testenv.NewPeers(t)
+	// A foreign rule set that an admin's iptables-restore would bring back.
+	sh(t, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
+	sh(t, "ip6tables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
+	dir := t.TempDir()
+	saved4, saved6 := filepath.Join(dir, "rules.v4"), filepath.Join(dir, "rules.v6")
+	for f, tool := range map[string]string{saved4: "iptables-save", saved6: "ip6tables-save"} {
+		if err := os.WriteFile(f, []byte(sh(t, tool)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := startBouncer(t, writeConfig(t, l, bouncerOpts{DeepInterval: "2s"}))
+	pid := b.cmd.Process.Pid
+	l.AddDecision(t, "crowdsec", "Ip", p.Banned4.String(), "4h")
+	l.AddDecision(t, "crowdsec", "Ip", p.Banned6.String(), "4h")
+	requireDropped(t, p, p.Banned4, within)
+	requireDropped(t, p, p.Banned6, within)
+	if !lapiUp {
+		l.Stop(t)
+		b.waitLog(t, "LAPI pull failed", within)
+	}
+	for _, f := range faults {
+		before := b.count("repaired")
+		start := time.Now()
+		f.do(t, saved4, saved6)
+		b.waitCount(t, "repaired", before+1, 20*time.Second)
+		requireDropped(t, p, p.Banned4, within)
+		requireDropped(t, p, p.Banned6, within)
+		if !b.running() || b.cmd.Process.Pid != pid {
+			t.Fatalf("%s: bouncer restarted or exited", f.name)
+		}
+		t.Logf("figure: %s healed in %v (LAPI up: %v)", f.name, time.Since(start).Round(time.Millisecond), lapiUp)
+		// Let the anti-fight window pass so the next fault is repaired at once.
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := strings.Count(sh(t, "iptables-save"), "-j CROWDSEC_CHAIN"); n != 1 {
+		t.Fatalf("%d jump rules after the heal run, want 1", n)
+	}
+}
+
+func TestE2EHealWithLAPIUp(t *testing.T) {
+	if !e2eSetup(t) {
+		return
+	}
+	testHeal(t, true)
+}
+
+func TestE2EHealWithLAPIDown(t *testing.T) {
+	if !e2eSetup(t) {
+		return
+	}
+	testHeal(t, false)
+}
+
+// A replay that keeps failing climbs the ladder and ends in exit code 3. The
+// failure is real: iptables-restore is replaced (through PATH) by a wrapper
+// that fails once a flag file exists.
+func TestE2EReplayFailureExitsWithCode3(t *testing.T) {
+	if !e2eSetup(t) {
+		return
+	}
+	l := testenv.StartLAPI(t)
+	dir := t.TempDir()
+	flag := filepath.Join(dir, "fail")
+	for _, tool := range []string{"iptables-restore", "ip6tables-restore"} {
+		real, err := lookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := fmt.Sprintf("#!/bin/sh\n[ -e %q ] && { echo 'injected failure' >&2; exit 1; }\nexec %q \"$@\"\n", flag, real)
+		if err := os.WriteFile(filepath.Join(dir, tool), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := writeConfig(t, l, bouncerOpts{Extra: "  max_replay_attempts: 3\n  backoff_initial: 100ms\n  backoff_max: 200ms"})
+	b := startBouncer(t, cfg, "PATH="+dir+":"+os.Getenv("PATH"))
+	l.CSCLI(t, "decisions", "add", "--ip", "192.0.2.10", "-d", "4h")
+	b.waitLog(t, "pulled decisions", within)
+	if err := os.WriteFile(flag, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	both("-D INPUT -j CROWDSEC_CHAIN")(t, "", "")
+	if code := b.wait(t, 60*time.Second); code != 3 {
+		t.Fatalf("exit code %d after the ladder, want 3", code)
+	}
+	out := b.out.String()
+	for _, want := range []string{"replay failed", "asking LAPI for a full resync", "replay failed after all retries"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+}

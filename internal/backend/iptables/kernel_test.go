@@ -1,0 +1,531 @@
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/testenv"
+)
+
+// Kernel tests: each top-level test re-runs itself in a fresh network
+// namespace (testenv.InFreshNetns), so the host firewall is never touched.
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// sh runs a shell snippet inside the test's namespace.
+func sh(t *testing.T, script string) string {
+	t.Helper()
+	out, err := exec.Command("sh", "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+	return string(out)
+}
+
+// countingRunner counts iptables-save calls, to prove Verify skips them.
+type countingRunner struct {
+	inner commandRunner
+	saves int
+}
+
+func (c *countingRunner) run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+	if strings.HasSuffix(name, "-save") {
+		c.saves++
+	}
+	return c.inner.run(ctx, stdin, name, args...)
+}
+
+// newKernelBackend returns a backend with a fixed clock t0, closed
+// (removing everything) at test end.
+func newKernelBackend(t *testing.T, cfg Config) (*Backend, *countingRunner) {
+	t.Helper()
+	cfg.Now = func() time.Time { return t0 }
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cr := &countingRunner{inner: b.runner}
+	b.runner = cr
+	t.Cleanup(func() {
+		if err := b.Close(context.Background(), false); err != nil {
+			t.Errorf("cleanup Close: %v", err)
+		}
+	})
+	return b, cr
+}
+
+// members returns "prefix timeout" strings from `ipset save`.
+func members(t *testing.T, set string) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for line := range strings.Lines(sh(t, "ipset save "+set)) {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[0] != "add" {
+			continue
+		}
+		to := -1
+		if len(f) >= 5 && f[3] == "timeout" {
+			to, _ = strconv.Atoi(f[4])
+		}
+		out[f[2]] = to
+	}
+	return out
+}
+
+func keysOf(m map[string]int) []string {
+	var k []string
+	for p := range m {
+		k = append(k, p)
+	}
+	slices.Sort(k)
+	return k
+}
+
+func entry(p string, origin int, ttl time.Duration) backend.Entry {
+	return backend.Entry{Prefix: netip.MustParsePrefix(p), Origin: origin, Until: t0.Add(ttl)}
+}
+
+func TestKernelEnsureIdempotent(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b, _ := newKernelBackend(t, Config{
+		Chains4: []string{"INPUT", "FORWARD", "DOCKER-USER"}, Chains6: []string{"INPUT"},
+		DenyLog: true, RuleComments: true, DenyAction: "REJECT",
+	})
+	b.SetOriginNames(map[int]string{0: "crowdsec", 1: "lists:firehol"})
+	for range 2 {
+		if err := b.Ensure(ctx, []int{0, 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	save4, save6 := sh(t, "iptables-save -t filter"), sh(t, "ip6tables-save -t filter")
+	tests := []struct {
+		save, line string
+		n          int
+	}{
+		{save4, "-A INPUT -j CROWDSEC_CHAIN", 1},
+		{save4, "-A FORWARD -j CROWDSEC_CHAIN", 1},
+		{save4, "-A DOCKER-USER -j CROWDSEC_CHAIN", 0},
+		{save4, "-A CROWDSEC_CHAIN ", 4},
+		{save4, "--match-set crowdsec-blacklists-1 src -m comment --comment \"CrowdSec: origin lists:firehol\" -j REJECT --reject-with icmp-port-unreachable", 1},
+		{save6, "-A INPUT -j CROWDSEC_CHAIN", 1},
+		{save6, "-j REJECT --reject-with icmp6-port-unreachable", 2},
+	}
+	for _, tc := range tests {
+		if got := strings.Count(tc.save, tc.line); got != tc.n {
+			t.Errorf("%q appears %d times, want %d:\n%s", tc.line, got, tc.n, tc.save)
+		}
+	}
+	// A hooked chain that appears later gets its jump on the next Ensure,
+	// at position 1, before a rule already there.
+	sh(t, "iptables -N DOCKER-USER && iptables -A DOCKER-USER -j RETURN")
+	if err := b.Ensure(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := sh(t, "iptables -S DOCKER-USER"); !strings.Contains(got, "-A DOCKER-USER -j CROWDSEC_CHAIN\n-A DOCKER-USER -j RETURN") {
+		t.Fatalf("DOCKER-USER:\n%s", got)
+	}
+	d, err := b.Verify(ctx, nil)
+	if err != nil || !d.None() {
+		t.Fatalf("Verify after Ensure = %v, %v", d, err)
+	}
+}
+
+func TestKernelApply(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, Chains6: []string{"INPUT"}})
+	// No Ensure: Apply creates the sets and rules of new origins itself.
+	err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{
+		entry("192.0.2.1/32", 0, 100*time.Second),
+		entry("198.51.100.0/24", 0, time.Hour),
+		entry("203.0.113.0/24", 2, 10000*time.Hour), // capped
+		entry("2001:db8::1/128", 0, time.Hour),
+		entry("2001:db8:1::/48", 2, time.Hour),
+		entry("192.0.2.200/32", 0, -time.Second), // already expired: skipped
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v4, v4o2, v6 := members(t, "crowdsec-blacklists-0"), members(t, "crowdsec-blacklists-2"), members(t, "crowdsec6-blacklists-0")
+	if got := keysOf(v4); !slices.Equal(got, []string{"192.0.2.1", "198.51.100.0/24"}) {
+		t.Fatalf("v4 origin 0 = %v", got)
+	}
+	if to := v4["192.0.2.1"]; to < 95 || to > 100 {
+		t.Errorf("timeout of 192.0.2.1 = %d, want ≈100", to)
+	}
+	if to := v4o2["203.0.113.0/24"]; to < maxTimeout-5 || to > maxTimeout {
+		t.Errorf("capped timeout = %d, want ≈%d", to, maxTimeout)
+	}
+	if got := keysOf(v6); !slices.Equal(got, []string{"2001:db8::1"}) {
+		t.Fatalf("v6 origin 0 = %v", got)
+	}
+	if got := keysOf(members(t, "crowdsec6-blacklists-2")); !slices.Equal(got, []string{"2001:db8:1::/48"}) {
+		t.Fatalf("v6 origin 2 = %v", got)
+	}
+	if !strings.Contains(sh(t, "iptables-save -t filter"), "--match-set crowdsec-blacklists-2 src -j DROP") {
+		t.Fatal("no rule for origin 2")
+	}
+
+	// Re-adding updates the timeout (no EXCL); deleting an absent entry
+	// is fine; an invalid entry is reported but does not stop the rest.
+	err = b.Apply(ctx, backend.Delta{
+		Del: []backend.Entry{entry("198.51.100.0/24", 0, 0), entry("192.0.2.99/32", 0, 0), entry("2001:db8::1/128", 0, 0)},
+		Add: []backend.Entry{entry("192.0.2.1/32", 0, 2000*time.Second), entry("0.0.0.0/0", 0, time.Hour), entry("192.0.2.2/32", 0, time.Hour)},
+	})
+	if !errors.Is(err, ErrInvalidEntry) {
+		t.Fatalf("Apply with a /0 = %v, want ErrInvalidEntry", err)
+	}
+	v4 = members(t, "crowdsec-blacklists-0")
+	if got := keysOf(v4); !slices.Equal(got, []string{"192.0.2.1", "192.0.2.2"}) {
+		t.Fatalf("after delta v4 = %v", got)
+	}
+	if to := v4["192.0.2.1"]; to < 1990 {
+		t.Errorf("re-add did not update timeout: %d", to)
+	}
+	if n := len(members(t, "crowdsec6-blacklists-0")); n != 0 {
+		t.Fatalf("v6 not deleted: %d left", n)
+	}
+
+	// A kernel rejection names the failing entry: a set without timeout
+	// support refuses an entry with a timeout.
+	sh(t, "ipset create plain hash:net")
+	s, _ := b.socket()
+	err = s.adt(ctx, ipsetCmdAdd, "plain", []kEntry{{prefix: netip.MustParsePrefix("192.0.2.5/32"), timeout: 5}}, true, true)
+	var ke *KernelError
+	if !errors.As(err, &ke) || ke.Line != 1 || !strings.Contains(err.Error(), "192.0.2.5/32") {
+		t.Fatalf("adt error = %v, want KernelError at entry 1 naming 192.0.2.5/32", err)
+	}
+	sh(t, "ipset destroy plain")
+}
+
+func TestKernelReplay(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
+	if err := b.Ensure(ctx, []int{0, 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{
+		entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 0, time.Hour), entry("192.0.2.3/32", 1, time.Hour),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		damage string
+		active []backend.Entry
+		want0  []string
+		want1  []string
+	}{
+		{"swap into existing sets", "", []backend.Entry{
+			entry("192.0.2.2/32", 0, time.Hour), entry("198.51.100.0/24", 0, time.Hour), entry("192.0.2.9/32", 0, -time.Minute),
+		}, []string{"192.0.2.2", "198.51.100.0/24"}, nil},
+		{"set destroyed", "iptables -F CROWDSEC_CHAIN && ipset destroy crowdsec-blacklists-1", []backend.Entry{
+			entry("192.0.2.2/32", 0, time.Hour), entry("203.0.113.7/32", 1, time.Hour),
+		}, []string{"192.0.2.2"}, []string{"203.0.113.7"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.damage != "" {
+				sh(t, tc.damage)
+			}
+			if err := b.Replay(ctx, tc.active); err != nil {
+				t.Fatal(err)
+			}
+			if got := keysOf(members(t, "crowdsec-blacklists-0")); !slices.Equal(got, tc.want0) {
+				t.Errorf("origin 0 = %v, want %v", got, tc.want0)
+			}
+			if got := keysOf(members(t, "crowdsec-blacklists-1")); !slices.Equal(got, tc.want1) {
+				t.Errorf("origin 1 = %v, want %v", got, tc.want1)
+			}
+			if strings.Contains(sh(t, "ipset list -n"), "-t\n") {
+				t.Error("a temporary set was left behind")
+			}
+		})
+	}
+	m, err := b.Members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m[backend.SetKey{Origin: 1}]; len(got) != 1 || got[0] != netip.MustParsePrefix("203.0.113.7/32") {
+		t.Fatalf("Members origin 1 = %v", got)
+	}
+}
+
+func TestKernelVerify(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b, cr := newKernelBackend(t, Config{Chains4: []string{"INPUT", "FORWARD"}, Chains6: []string{"INPUT"}, RuleComments: true})
+	active := []backend.Entry{
+		entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 0, time.Hour),
+		entry("198.51.100.0/24", 1, time.Hour), entry("2001:db8::1/128", 0, time.Hour),
+	}
+	want := map[backend.SetKey]int{{Origin: 0}: 2, {Origin: 1}: 1, {Origin: 0, V6: true}: 1}
+	heal := func(t *testing.T) {
+		t.Helper()
+		if err := b.Ensure(ctx, []int{0, 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Replay(ctx, active); err != nil {
+			t.Fatal(err)
+		}
+		d, err := b.Verify(ctx, want)
+		if err != nil || !d.None() {
+			t.Fatalf("Verify after heal = %+v, %v", d, err)
+		}
+	}
+	heal(t)
+	// Clean and unchanged: the rules check is skipped (nf_tables
+	// generation unchanged), so no iptables-save runs.
+	before := cr.saves
+	if d, err := b.Verify(ctx, want); err != nil || !d.None() {
+		t.Fatalf("second Verify = %+v, %v", d, err)
+	}
+	if cr.saves != before {
+		t.Errorf("unchanged ruleset: Verify ran iptables-save %d times", cr.saves-before)
+	}
+	if d, _ := b.Verify(ctx, map[backend.SetKey]int{{Origin: 0}: 3}); !slices.Equal(d.Kinds, []string{"count"}) {
+		t.Errorf("want above count: drift %v", d.Kinds)
+	}
+
+	tests := []struct {
+		name   string
+		damage string
+		kinds  []string
+	}{
+		{"jump deleted", "iptables -D INPUT -j CROWDSEC_CHAIN", []string{"jump"}},
+		{"v6 jump deleted", "ip6tables -D INPUT -j CROWDSEC_CHAIN", []string{"jump"}},
+		{"chain flushed", "iptables -F CROWDSEC_CHAIN", []string{"rule"}},
+		{"foreign rule in our chain", "iptables -A CROWDSEC_CHAIN -j ACCEPT", []string{"rule"}},
+		{"chain deleted", "iptables -D INPUT -j CROWDSEC_CHAIN && iptables -D FORWARD -j CROWDSEC_CHAIN && iptables -F CROWDSEC_CHAIN && iptables -X CROWDSEC_CHAIN", []string{"chain", "jump", "jump"}},
+		{"set flushed", "ipset flush crowdsec-blacklists-0", []string{"count"}},
+		{"set destroyed", "ip6tables -F CROWDSEC_CHAIN && ipset destroy crowdsec6-blacklists-0", []string{"set", "rule"}},
+		{"nft flush ruleset", "nft flush ruleset", []string{"chain", "jump", "jump", "chain", "jump"}},
+		{"one member deleted", "ipset del crowdsec-blacklists-1 198.51.100.0/24", []string{"count"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sh(t, tc.damage)
+			d, err := b.Verify(ctx, want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(d.Kinds, tc.kinds) {
+				t.Errorf("drift = %v (%v), want %v", d.Kinds, d.Details, tc.kinds)
+			}
+			heal(t)
+		})
+	}
+}
+
+func TestKernelClose(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	sh(t, `ipset create foreign hash:ip && ipset add foreign 192.0.2.50 &&
+iptables -N FOREIGN && iptables -A FOREIGN -m set --match-set foreign src -j DROP &&
+iptables -A INPUT -s 192.0.2.51/32 -j ACCEPT && iptables -A INPUT -j FOREIGN`)
+	foreign4 := func() string {
+		var sb strings.Builder
+		for l := range strings.Lines(sh(t, "iptables-save -t filter")) {
+			if !strings.HasPrefix(l, "#") && !strings.Contains(l, "CROWDSEC") {
+				sb.WriteString(l)
+			}
+		}
+		return sb.String()
+	}
+	wantForeign := foreign4()
+	cfg := Config{Chains4: []string{"INPUT"}, Chains6: []string{"INPUT"}, Now: func() time.Time { return t0 }}
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Replay(ctx, []backend.Entry{entry("192.0.2.1/32", 0, time.Hour), entry("2001:db8::/64", 3, time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := keysOf(members(t, "crowdsec-blacklists-0")); !slices.Equal(got, []string{"192.0.2.1"}) {
+		t.Fatalf("after Close(keep) set holds %v", got)
+	}
+	if !strings.Contains(sh(t, "iptables -S INPUT"), "-j CROWDSEC_CHAIN") {
+		t.Fatal("Close(keep) removed the jump")
+	}
+	// A new instance (a restart) removes what the previous one left,
+	// including sets of origins it never heard of.
+	b2, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b2.Close(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if sets := sh(t, "ipset list -n"); sets != "foreign\n" {
+		t.Errorf("sets after Close(remove) = %q", sets)
+	}
+	if got := sh(t, "iptables-save -t filter; ip6tables-save -t filter"); strings.Contains(got, "CROWDSEC") {
+		t.Errorf("our rules survived Close(remove):\n%s", got)
+	}
+	if got := foreign4(); got != wantForeign {
+		t.Errorf("foreign rules changed:\n%s\nwant\n%s", got, wantForeign)
+	}
+	if got := keysOf(members(t, "foreign")); !slices.Equal(got, []string{"192.0.2.50"}) {
+		t.Errorf("foreign set = %v", got)
+	}
+}
+
+func TestKernelIPSetMode(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	// The user owns the v6 set and made it without timeout support.
+	sh(t, "ipset create mine6 hash:net family inet6 && ipset add mine6 2001:db8:9::/48")
+	b, _ := newKernelBackend(t, Config{Mode: "ipset", SetName4: "mine4", SetName6: "mine6"})
+	if err := b.Ensure(ctx, []int{0, 5}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{
+		entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 5, time.Hour), entry("2001:db8::1/128", 5, time.Hour),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := keysOf(members(t, "mine4")); !slices.Equal(got, []string{"192.0.2.1", "192.0.2.2"}) {
+		t.Fatalf("mine4 = %v", got)
+	}
+	if got := members(t, "mine6"); got["2001:db8::1"] != -1 || len(got) != 2 {
+		t.Fatalf("mine6 = %v (want no timeouts, 2 members)", got)
+	}
+	if strings.Contains(sh(t, "iptables-save; ip6tables-save"), "CROWDSEC") {
+		t.Fatal("ipset mode wrote iptables rules")
+	}
+	if err := b.Replay(ctx, []backend.Entry{entry("192.0.2.3/32", 7, time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := keysOf(members(t, "mine4")); !slices.Equal(got, []string{"192.0.2.3"}) {
+		t.Fatalf("mine4 after replay = %v", got)
+	}
+	want := map[backend.SetKey]int{{Origin: 7}: 1, {Origin: 8}: 1}
+	if d, err := b.Verify(ctx, want); err != nil || !slices.Equal(d.Kinds, []string{"count"}) {
+		t.Fatalf("Verify summed per family = %v, %v; want count drift (1 < 2)", d, err)
+	}
+	if err := b.Close(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if sets := strings.Fields(sh(t, "ipset list -n")); !slices.Equal(slices.Sorted(slices.Values(sets)), []string{"mine4", "mine6"}) {
+		t.Fatalf("ipset mode Close(remove) must keep the sets: %q", sets)
+	}
+	if n := len(members(t, "mine4")) + len(members(t, "mine6")); n != 0 {
+		t.Fatalf("ipset mode Close(remove) left %d members", n)
+	}
+	sh(t, "ipset destroy mine4 && ipset destroy mine6")
+}
+
+func v4Entries(n int, ttl time.Duration) []backend.Entry {
+	out := make([]backend.Entry, n)
+	for i := range n {
+		a := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16&1), byte(i >> 8), byte(i)})
+		out[i] = backend.Entry{Prefix: netip.PrefixFrom(a, 32), Until: t0.Add(ttl)}
+	}
+	return out
+}
+
+func TestKernelReplay100k(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
+	entries := v4Entries(100000, time.Hour)
+	for range 2 { // into a missing set, then through the swap
+		if err := b.Replay(ctx, entries); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := b.Verify(ctx, map[backend.SetKey]int{{}: 100000}); err != nil || !d.None() {
+			t.Fatalf("Verify at 100k = %+v, %v", d, err)
+		}
+	}
+	small, _ := newKernelBackend(t, Config{Mode: "ipset", SetName4: "small4", DisableIPv6: true, MaxElem: 50000})
+	err := small.Replay(ctx, entries[:60000])
+	if !errors.Is(err, ErrSetFull) {
+		t.Fatalf("Replay beyond maxelem = %v, want ErrSetFull", err)
+	}
+	if !strings.Contains(sh(t, "ipset list -t small4"), "Number of entries: 50000") {
+		t.Fatal("set does not hold maxelem entries")
+	}
+	sh(t, "ipset destroy small4")
+}
+
+// TestBenchReplay measures Replay of 100k IPv4 entries into an empty
+// kernel against `ipset restore` of the same entries, and a Verify pass.
+// Run with CSJB_BENCH=1.
+func TestBenchReplay(t *testing.T) {
+	if benchDisabled() {
+		t.Skip("set CSJB_BENCH=1 to run")
+	}
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	entries := v4Entries(100000, time.Hour)
+	var script strings.Builder
+	script.WriteString("create ref hash:net family inet hashsize 1024 maxelem 131072 timeout 0\n")
+	for _, e := range entries {
+		fmt.Fprintf(&script, "add ref %s timeout 3600\n", e.Prefix.Addr())
+	}
+	cmd := exec.Command("ipset", "restore")
+	cmd.Stdin = strings.NewReader(script.String())
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ipset restore: %v %s", err, out)
+	}
+	ref := time.Since(start)
+
+	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
+	if err := b.Ensure(ctx, []int{0}); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "ipset destroy ref")
+	start = time.Now()
+	if err := b.Replay(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	ours := time.Since(start)
+	want := map[backend.SetKey]int{{}: 100000}
+	if _, err := b.Verify(ctx, want); err != nil { // first pass reads the tables
+		t.Fatal(err)
+	}
+	const passes = 100
+	start = time.Now()
+	for range passes {
+		if d, err := b.Verify(ctx, want); err != nil || !d.None() {
+			t.Fatalf("Verify = %+v, %v", d, err)
+		}
+	}
+	verify := time.Since(start) / passes
+	t.Logf("100k IPv4: ipset restore %v, Replay %v (ratio %.1fx); Verify pass %v", ref, ours, float64(ref)/float64(ours), verify)
+}
+
+// benchDisabled keeps the benchmark out of ordinary test runs.
+func benchDisabled() bool { return os.Getenv("CSJB_BENCH") != "1" }

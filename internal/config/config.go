@@ -1,0 +1,239 @@
+// Package config loads the bouncer's YAML configuration.
+//
+// It reads crowdsec-firewall-bouncer.yaml files unchanged (upstream keys,
+// upstream defaults, `${VAR}` expansion, a `<path>.local` overlay) and adds
+// the keys that only cs-journal-bouncer has (journal, heal, resync). Keys
+// that only matter to upstream's other modes (nftables, pf) are accepted
+// silently so one file can move between the two bouncers.
+package config
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Modes cs-journal-bouncer can enforce with. Upstream's "iptables" mode
+// uses ipsets plus iptables rules; "ipset" fills the sets only and leaves
+// the rules referencing them to the administrator.
+const (
+	ModeIPTables = "iptables"
+	ModeIPSet    = "ipset"
+)
+
+// Values of on_shutdown.
+const (
+	// OnShutdownRemove deletes our chains, rules and sets at exit, like
+	// upstream does.
+	OnShutdownRemove = "remove"
+	// OnShutdownKeep leaves everything enforced at exit so that a restart
+	// leaves no window; the next start adopts what it finds.
+	OnShutdownKeep = "keep"
+)
+
+// Values of log_mode.
+const (
+	LogModeStdout = "stdout"
+	LogModeFile   = "file"
+)
+
+// Values of log_format.
+const (
+	LogFormatText = "text"
+	LogFormatJSON = "json"
+)
+
+// Canonical ipset types, the values IPSetType holds after Load.
+const (
+	IPSetHashNet = "hash:net"
+	IPSetHashIP  = "hash:ip"
+)
+
+// IPSetNameReserve is how many characters of the kernel's 31-character
+// ipset name limit the backend keeps for suffixes of its own (temporary
+// sets used for swaps), so blacklists_ipv4/blacklists_ipv6 may use
+// at most MaxIPSetNameLen characters.
+const IPSetNameReserve = 6
+
+// MaxIPSetNameLen is the longest blacklists_ipv4/blacklists_ipv6 accepted:
+// IPSET_MAXNAMELEN is 32 bytes including the NUL, minus IPSetNameReserve.
+const MaxIPSetNameLen = 31 - IPSetNameReserve
+
+// maxChainNameLen is iptables' limit (XT_EXTENSION_MAXNAMELEN 29 with NUL).
+const maxChainNameLen = 28
+
+// maxLogPrefixLen is iptables' --log-prefix limit (29 characters).
+const maxLogPrefixLen = 29
+
+// Config is the validated, defaulted configuration. Load never returns a
+// Config that failed validation; callers may use every field as is.
+type Config struct {
+	// Mode is ModeIPTables or ModeIPSet.
+	Mode string
+	// UpdateFrequency is how often the LAPI stream is polled (> 0).
+	UpdateFrequency time.Duration
+
+	// APIURL is the LAPI address, an http or https URL.
+	APIURL string
+	// APIKey authenticates to LAPI; exclusive with CertPath/KeyPath.
+	APIKey string
+	// CertPath and KeyPath are the TLS client certificate and key; set
+	// both or neither.
+	CertPath, KeyPath string
+	// CACertPath is an extra CA to trust for LAPI's certificate.
+	CACertPath string
+	// InsecureSkipVerify disables verification of LAPI's certificate.
+	InsecureSkipVerify bool
+	// RetryInitialConnect keeps retrying when LAPI is down at start.
+	// Default true, unlike go-cs-bouncer: we enforce the journal before
+	// contacting LAPI, so waiting for LAPI costs nothing.
+	RetryInitialConnect bool
+	// Scopes, Origins, ScenariosContaining and ScenariosNotContaining
+	// filter the LAPI stream; nil means LAPI's defaults.
+	Scopes, Origins, ScenariosContaining, ScenariosNotContaining []string
+	// SupportedDecisionsTypes lists the decision types enforced,
+	// lower-cased (upstream compares them with the lower-cased type).
+	SupportedDecisionsTypes []string
+
+	// LogMode is LogModeStdout or LogModeFile.
+	LogMode string
+	// LogDir is the directory of the log file in LogModeFile.
+	LogDir string
+	// LogLevel is a logrus level name as upstream accepts them
+	// (trace, debug, info, warning, error, fatal, panic), lower-cased;
+	// "warn" is stored as "warning". See SlogLevel.
+	LogLevel string
+	// LogFormat is LogFormatText or LogFormatJSON.
+	LogFormat string
+	// LogMaxSize (MB), LogMaxBackups (files) and LogMaxAge (days) rotate
+	// the log file; LogCompression gzips rotated files.
+	LogMaxSize, LogMaxBackups, LogMaxAge int
+	// LogCompression gzips rotated log files.
+	LogCompression bool
+
+	// DisableIPv4 and DisableIPv6 turn a family off; not both.
+	DisableIPv4, DisableIPv6 bool
+	// DenyAction is DROP, REJECT, TARPIT or LOG (upper case).
+	DenyAction string
+	// DenyLog adds a LOG rule before the deny action.
+	DenyLog bool
+	// DenyLogPrefix is the LOG rule's --log-prefix.
+	DenyLogPrefix string
+	// BlacklistsIPv4 and BlacklistsIPv6 name the ipsets (≤ MaxIPSetNameLen).
+	BlacklistsIPv4, BlacklistsIPv6 string
+	// IPSetType is IPSetHashNet or IPSetHashIP.
+	IPSetType string
+	// IPSetSize is the sets' maxelem.
+	IPSetSize int
+	// IPSetDisableTimeouts creates sets without per-entry timeouts; expiry
+	// is then done by the bouncer alone.
+	IPSetDisableTimeouts bool
+	// IPTablesChains is iptables_chains as configured (default [INPUT]).
+	IPTablesChains []string
+	// IPTablesV4Chains and IPTablesV6Chains are the effective per-family
+	// chains: iptables_v4_chains/iptables_v6_chains when set, else
+	// IPTablesChains. Empty when the family is disabled.
+	IPTablesV4Chains, IPTablesV6Chains []string
+	// IPTablesAddRuleComments adds "-m comment" to our rules.
+	IPTablesAddRuleComments bool
+
+	// Prometheus configures the metrics endpoint.
+	Prometheus PrometheusConfig
+
+	// JournalPath is the bbolt journal file.
+	JournalPath string
+	// OnShutdown is OnShutdownRemove or OnShutdownKeep.
+	OnShutdown string
+	// FullResyncInterval is how often the full set is pulled again
+	// (startup=true) and diffed with the journal view; 0 disables it.
+	FullResyncInterval time.Duration
+	// Heal tunes the self-healing loop.
+	Heal HealConfig
+}
+
+// PrometheusConfig is the "prometheus" section, as upstream.
+type PrometheusConfig struct {
+	// Enabled starts the metrics endpoint.
+	Enabled bool
+	// ListenAddr is the address to listen on.
+	ListenAddr string
+	// ListenPort is the TCP port (1–65535).
+	ListenPort int
+}
+
+// HealConfig is the "heal" section, ours.
+type HealConfig struct {
+	// Interval is the cheap drift check period (chains, rules, set headers).
+	Interval time.Duration
+	// DeepInterval is the period of the expensive check (set members).
+	DeepInterval time.Duration
+	// MaxReplayAttempts bounds replays before escalating (resync, exit).
+	MaxReplayAttempts int
+	// BackoffInitial is the first wait after a failed replay.
+	BackoffInitial time.Duration
+	// BackoffMax caps the wait between replays.
+	BackoffMax time.Duration
+}
+
+// Defaults. Upstream's are taken from its code (not its example file,
+// which sets some keys its code never reads).
+const (
+	defaultUpdateFrequency = 10 * time.Second
+	defaultLogMode         = LogModeStdout // upstream LoggingConfig.setDefaults
+	defaultLogDir          = "/var/log/"
+	defaultLogLevel        = "info"
+	defaultLogMaxSize      = 500
+	defaultLogMaxBackups   = 3
+	defaultLogMaxAge       = 30
+	defaultDenyAction      = "DROP"
+	// upstream sets "crowdsec drop: " when deny_log is on and the prefix is
+	// empty; its example's comment says "crowdsec: " but the code wins.
+	defaultDenyLogPrefix  = "crowdsec drop: "
+	defaultBlacklistsIPv4 = "crowdsec-blacklists"
+	defaultBlacklistsIPv6 = "crowdsec6-blacklists"
+	defaultIPSetSize      = 131072
+	defaultPromAddr       = "127.0.0.1"
+	defaultPromPort       = 60601
+	defaultJournalPath    = "/var/lib/cs-journal-bouncer/journal.db"
+	// LAPI hard-deletes decisions on alert flush and blocklist refresh
+	// without ever listing them as deleted, so only a full pull notices.
+	// A startup=true pull of 100k decisions costs ≈1 s on LAPI: hourly
+	// bounds such stale bans to one hour at negligible cost.
+	defaultFullResyncInterval = time.Hour
+	defaultHealInterval       = time.Second
+	// A member-by-member comparison costs ≈0.25 s at 100k entries
+	// (NOTES.md), too much for every second, cheap every five minutes.
+	defaultHealDeepInterval  = 5 * time.Minute
+	defaultHealMaxReplays    = 5
+	defaultHealBackoffInit   = time.Second
+	defaultHealBackoffMax    = time.Minute
+	defaultOnShutdown        = OnShutdownRemove
+	defaultLogFormat         = LogFormatText
+	defaultRetryInitConnect  = true
+	defaultLogCompression    = true // upstream: CompressLogs nil → true
+	defaultIPSetType         = IPSetHashNet
+	defaultIPTablesChain     = "INPUT"
+	defaultSupportedDecision = "ban"
+)
+
+// logLevels maps upstream's logrus level names to slog levels. slog has
+// no trace/fatal/panic: they sit one step (4) beyond debug/error.
+var logLevels = map[string]slog.Level{
+	"trace":   slog.LevelDebug - 4,
+	"debug":   slog.LevelDebug,
+	"info":    slog.LevelInfo,
+	"warning": slog.LevelWarn,
+	"error":   slog.LevelError,
+	"fatal":   slog.LevelError + 4,
+	"panic":   slog.LevelError + 8,
+}
+
+// SlogLevel returns LogLevel as a slog.Level.
+func (c *Config) SlogLevel() slog.Level {
+	return logLevels[c.LogLevel]
+}
+
+// Chains4 returns the effective IPv4 chains (nil when IPv4 is disabled).
+func (c *Config) Chains4() []string { return c.IPTablesV4Chains }
+
+// Chains6 returns the effective IPv6 chains (nil when IPv6 is disabled).
+func (c *Config) Chains6() []string { return c.IPTablesV6Chains }

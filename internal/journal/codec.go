@@ -1,0 +1,409 @@
+package journal
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net/netip"
+	"time"
+)
+
+// Wire format of one journal value (an event or the snapshot), version 1:
+//
+//	byte    version (1)
+//	byte    flags (bit 0: full)
+//	varint  base: the smallest Until in the batch, unix milliseconds
+//	uvarint number of strings, then each: uvarint length, bytes
+//	uvarint number of new decisions, then each:
+//	        prefix, uvarint (until - base) ms, uvarint origin, scenario, type, scope (string indices)
+//	uvarint number of deleted keys, then each: prefix, uvarint type, scope
+//	4 bytes CRC-32C (little endian) of everything before it
+//
+// A prefix is one tag byte — the prefix length for IPv4 (0..32), 64 + the
+// length for IPv6 (64..192) — followed by only the ceil(bits/8) leading
+// address bytes: prefixes are masked, so the rest is zero. Origins, scenarios,
+// types and scopes repeat thousands of times in a batch, so each is written
+// once in the string table. bbolt keeps no checksum of values, hence the CRC:
+// a flipped bit must read as corruption, not as a different ban.
+const (
+	codecVersion = 1
+	flagFull     = 1 << 0
+
+	tagV6 = 64
+	// Smallest possible encodings, used to bound counts read from garbage so
+	// that a corrupt count cannot make the decoder allocate gigabytes.
+	minNewLen = 1 + 1 + 4
+	minDelLen = 1 + 2
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// errDecode is wrapped by every decoding failure; Open treats it as
+// corruption of the journal file.
+var errDecode = errors.New("decode journal record")
+
+// untilMS is the journal's time resolution: milliseconds since the epoch.
+func untilMS(t time.Time) int64 { return t.UnixMilli() }
+
+// msTime turns stored milliseconds back into a time, in UTC.
+func msTime(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+// validPrefix reports why p cannot be journaled, or nil.
+func validPrefix(p netip.Prefix) error {
+	if !p.IsValid() {
+		return fmt.Errorf("invalid prefix %v", p)
+	}
+	if p != p.Masked() {
+		return fmt.Errorf("prefix %v is not masked", p)
+	}
+	return nil
+}
+
+// record is a decision in encoder-neutral form: the view stores exactly this
+// (strings interned), and the encoder writes it.
+type record struct {
+	prefix                       netip.Prefix
+	until                        int64 // unix ms
+	origin, scenario, typ, scope string
+}
+
+// encoder builds one value. Strings go to a table written before the body,
+// so the body is built first in its own buffer. The caller supplies the
+// base (smallest Until) up front so that deltas can be written in one pass.
+type encoder struct {
+	full   bool
+	base   int64
+	strIdx map[string]uint64
+	strs   []string
+	news   []byte
+	nNew   int
+	dels   []byte
+	nDel   int
+}
+
+func newEncoder(full bool, base int64, sizeHint int) *encoder {
+	return &encoder{
+		full:   full,
+		base:   base,
+		strIdx: make(map[string]uint64),
+		news:   make([]byte, 0, sizeHint*14),
+	}
+}
+
+func (e *encoder) str(s string) uint64 {
+	if i, ok := e.strIdx[s]; ok {
+		return i
+	}
+	i := uint64(len(e.strs))
+	e.strIdx[s] = i
+	e.strs = append(e.strs, s)
+	return i
+}
+
+func (e *encoder) addNew(r record) {
+	e.news = appendPrefix(e.news, r.prefix)
+	// Unsigned wrap-around keeps this exact even for absurd times.
+	e.news = binary.AppendUvarint(e.news, uint64(r.until)-uint64(e.base))
+	e.news = binary.AppendUvarint(e.news, e.str(r.origin))
+	e.news = binary.AppendUvarint(e.news, e.str(r.scenario))
+	e.news = binary.AppendUvarint(e.news, e.str(r.typ))
+	e.news = binary.AppendUvarint(e.news, e.str(r.scope))
+	e.nNew++
+}
+
+func (e *encoder) addDel(k Key) {
+	e.dels = appendPrefix(e.dels, k.Prefix)
+	e.dels = binary.AppendUvarint(e.dels, e.str(k.Type))
+	e.dels = binary.AppendUvarint(e.dels, e.str(k.Scope))
+	e.nDel++
+}
+
+// finish assembles the value: header, string table, bodies, CRC.
+func (e *encoder) finish() []byte {
+	size := 2 + 3*binary.MaxVarintLen64 + len(e.news) + len(e.dels) + 4
+	for _, s := range e.strs {
+		size += binary.MaxVarintLen64 + len(s)
+	}
+	out := make([]byte, 0, size)
+	flags := byte(0)
+	if e.full {
+		flags |= flagFull
+	}
+	out = append(out, codecVersion, flags)
+	out = binary.AppendVarint(out, e.base)
+	out = binary.AppendUvarint(out, uint64(len(e.strs)))
+	for _, s := range e.strs {
+		out = binary.AppendUvarint(out, uint64(len(s)))
+		out = append(out, s...)
+	}
+	out = binary.AppendUvarint(out, uint64(e.nNew))
+	out = append(out, e.news...)
+	out = binary.AppendUvarint(out, uint64(e.nDel))
+	out = append(out, e.dels...)
+	return binary.LittleEndian.AppendUint32(out, crc32.Checksum(out, crcTable))
+}
+
+func appendPrefix(b []byte, p netip.Prefix) []byte {
+	bits := p.Bits()
+	a := p.Addr()
+	if a.Is4() {
+		b = append(b, byte(bits))
+		a4 := a.As4()
+		return append(b, a4[:(bits+7)/8]...)
+	}
+	b = append(b, byte(tagV6+bits))
+	a16 := a.As16()
+	return append(b, a16[:(bits+7)/8]...)
+}
+
+// encodeBatch encodes b as one value. It fails on a prefix the view could
+// not hold (invalid or not masked), so nothing unreadable is ever written.
+func encodeBatch(b Batch) ([]byte, error) {
+	var base int64
+	for i, d := range b.New {
+		if u := untilMS(d.Until); i == 0 || u < base {
+			base = u
+		}
+	}
+	e := newEncoder(b.Full, base, len(b.New))
+	for i, d := range b.New {
+		if err := validPrefix(d.Prefix); err != nil {
+			return nil, fmt.Errorf("new decision %d: %w", i, err)
+		}
+		e.addNew(record{d.Prefix, untilMS(d.Until), d.Origin, d.Scenario, d.Type, d.Scope})
+	}
+	for i, k := range b.Deleted {
+		if err := validPrefix(k.Prefix); err != nil {
+			return nil, fmt.Errorf("deleted key %d: %w", i, err)
+		}
+		e.addDel(k)
+	}
+	return e.finish(), nil
+}
+
+// decodeHandler receives a decoded value piece by piece, so that a 100k
+// snapshot goes straight into the view without a []Decision in between.
+// Strings passed to it come from the value's string table: one string per
+// distinct value, already shared between all decisions of the record.
+type decodeHandler interface {
+	full(n int) // a full record of n new decisions follows
+	add(r record)
+	del(k Key)
+}
+
+// decodeBatch checks the CRC and decodes data into h.
+func decodeBatch(data []byte, h decodeHandler) error {
+	if len(data) < 4 {
+		return fmt.Errorf("%w: %d bytes is too short", errDecode, len(data))
+	}
+	body, sum := data[:len(data)-4], binary.LittleEndian.Uint32(data[len(data)-4:])
+	if got := crc32.Checksum(body, crcTable); got != sum {
+		return fmt.Errorf("%w: checksum %08x, want %08x", errDecode, got, sum)
+	}
+	return decodeBody(body, h)
+}
+
+// decodeBody decodes a value without its CRC trailer. It never panics and
+// never allocates more than a small multiple of len(data), whatever the input.
+func decodeBody(data []byte, h decodeHandler) error {
+	r := reader{b: data}
+	if v := r.byte(); v != codecVersion {
+		return r.fail(fmt.Errorf("unknown version %d", v))
+	}
+	flags := r.byte()
+	if flags&^flagFull != 0 {
+		return r.fail(fmt.Errorf("unknown flags %#x", flags))
+	}
+	base := r.varint()
+	nStr := r.count(1)
+	strs := make([]string, 0, nStr)
+	for range nStr {
+		n := r.count(1)
+		strs = append(strs, string(r.bytes(n)))
+	}
+	if r.err != nil {
+		return r.fail(nil)
+	}
+	str := func() string {
+		i := r.uvarint()
+		if r.err == nil && i >= uint64(len(strs)) {
+			r.err = fmt.Errorf("string index %d out of %d", i, len(strs))
+		}
+		if r.err != nil {
+			return ""
+		}
+		return strs[i]
+	}
+	nNew := r.count(minNewLen)
+	if r.err != nil {
+		return r.fail(nil)
+	}
+	if flags&flagFull != 0 {
+		h.full(nNew)
+	}
+	for range nNew {
+		var rec record
+		rec.prefix = r.prefix()
+		rec.until = int64(uint64(base) + r.uvarint())
+		rec.origin, rec.scenario, rec.typ, rec.scope = str(), str(), str(), str()
+		if r.err != nil {
+			return r.fail(nil)
+		}
+		h.add(rec)
+	}
+	nDel := r.count(minDelLen)
+	for range nDel {
+		var k Key
+		k.Prefix = r.prefix()
+		k.Type, k.Scope = str(), str()
+		if r.err != nil {
+			return r.fail(nil)
+		}
+		h.del(k)
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.err = fmt.Errorf("%d trailing bytes", len(r.b))
+	}
+	return r.fail(nil)
+}
+
+// reader is a sticky-error cursor: after the first failure every read
+// returns zero values, so decode loops stay free of error plumbing.
+type reader struct {
+	b   []byte
+	off int
+	err error
+}
+
+func (r *reader) fail(err error) error {
+	if r.err == nil {
+		r.err = err
+	}
+	if r.err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w at byte %d: %w", errDecode, r.off, r.err)
+}
+
+func (r *reader) short() {
+	if r.err == nil {
+		r.err = errors.New("unexpected end of record")
+	}
+}
+
+func (r *reader) byte() byte {
+	if r.err != nil || len(r.b) < 1 {
+		r.short()
+		return 0
+	}
+	c := r.b[0]
+	r.b, r.off = r.b[1:], r.off+1
+	return c
+}
+
+func (r *reader) bytes(n int) []byte {
+	if r.err != nil || len(r.b) < n {
+		r.short()
+		return nil
+	}
+	p := r.b[:n]
+	r.b, r.off = r.b[n:], r.off+n
+	return p
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errors.New("bad uvarint")
+		return 0
+	}
+	r.b, r.off = r.b[n:], r.off+n
+	return v
+}
+
+func (r *reader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = errors.New("bad varint")
+		return 0
+	}
+	r.b, r.off = r.b[n:], r.off+n
+	return v
+}
+
+// count reads a length and checks that the remaining bytes could hold that
+// many items of at least minLen bytes each.
+func (r *reader) count(minLen int) int {
+	v := r.uvarint()
+	if r.err == nil && v > uint64(len(r.b)/minLen) {
+		r.err = fmt.Errorf("count %d exceeds remaining %d bytes", v, len(r.b))
+	}
+	if r.err != nil {
+		return 0
+	}
+	return int(v)
+}
+
+func (r *reader) prefix() netip.Prefix {
+	tag := r.byte()
+	if r.err != nil {
+		return netip.Prefix{}
+	}
+	var (
+		p    netip.Prefix
+		bits = int(tag)
+	)
+	switch {
+	case tag <= 32:
+		var a [4]byte
+		copy(a[:], r.bytes((bits+7)/8))
+		p = netip.PrefixFrom(netip.AddrFrom4(a), bits)
+	case tag >= tagV6 && tag <= tagV6+128:
+		bits -= tagV6
+		var a [16]byte
+		copy(a[:], r.bytes((bits+7)/8))
+		p = netip.PrefixFrom(netip.AddrFrom16(a), bits)
+	default:
+		r.err = fmt.Errorf("bad prefix tag %d", tag)
+		return netip.Prefix{}
+	}
+	if r.err == nil && p != p.Masked() {
+		r.err = fmt.Errorf("prefix %v is not masked", p)
+	}
+	return p
+}
+
+// batchBuilder is the decodeHandler that yields a Batch (tests, tools).
+type batchBuilder struct{ b Batch }
+
+func (bb *batchBuilder) full(int) { bb.b.Full = true }
+func (bb *batchBuilder) add(r record) {
+	bb.b.New = append(bb.b.New, Decision{
+		Prefix: r.prefix, Until: msTime(r.until),
+		Origin: r.origin, Scenario: r.scenario, Type: r.typ, Scope: r.scope,
+	})
+}
+func (bb *batchBuilder) del(k Key) { bb.b.Deleted = append(bb.b.Deleted, k) }
+
+// DecodeBatch decodes one journal value (as stored in the events or
+// snapshot bucket) into a Batch. It is exported for inspection tools and
+// never panics on garbage: every malformed input yields an error.
+// Until values come back at the journal's resolution (milliseconds, UTC).
+func DecodeBatch(data []byte) (Batch, error) {
+	var bb batchBuilder
+	if err := decodeBatch(data, &bb); err != nil {
+		return Batch{}, err
+	}
+	return bb.b, nil
+}
+
+// EncodeBatch encodes b the way Append stores it. It fails if a prefix is
+// invalid or not masked.
+func EncodeBatch(b Batch) ([]byte, error) { return encodeBatch(b) }

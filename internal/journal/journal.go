@@ -1,0 +1,369 @@
+// Package journal is the bouncer's write-ahead log of ban decisions: every
+// batch pulled from LAPI is committed (fsync) to a bbolt file before the
+// kernel sees it, so that after a restart — or when someone flushes our
+// chains and sets — the active set can be replayed without LAPI.
+//
+// The file holds a snapshot of the view plus the events appended since;
+// compaction folds the events into a new snapshot so the file stays bounded.
+// The view itself lives in memory (see View).
+package journal
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultTimeout      = time.Second
+	DefaultCompactEvery = 200
+)
+
+// Sentinel errors. Test with errors.Is; the returned errors wrap them with
+// the operation and path.
+var (
+	// ErrLocked is returned by Open when another process holds the journal's
+	// lock past Options.Timeout: most likely a second bouncer instance.
+	ErrLocked = errors.New("locked by another process (is another cs-journal-bouncer running?)")
+	// ErrInvalidDecision is returned by Append when a decision or deleted key
+	// carries a prefix that is invalid or not masked; nothing is written.
+	ErrInvalidDecision = errors.New("invalid decision")
+)
+
+// Bucket and key names. The layout is versioned by metaVersion.
+var (
+	bucketMeta     = []byte("meta")
+	bucketEvents   = []byte("events")   // big-endian uint64 seq -> encoded Batch
+	bucketSnapshot = []byte("snapshot") // keySnapshot -> encoded full Batch
+	bucketOrigins  = []byte("origins")  // origin name -> uvarint index
+
+	keyVersion     = []byte("version")
+	keySnapshotSeq = []byte("snapshot_seq") // last event seq folded into the snapshot
+	keySnapshot    = []byte("view")
+)
+
+const metaVersion = 1
+
+// Options configure Open.
+type Options struct {
+	// Path of the bbolt file. Its parent directory is created 0700 if
+	// missing; the file is created 0600.
+	Path string
+	// Timeout bounds the wait for the file lock, so a second instance fails
+	// fast with ErrLocked. Default DefaultTimeout.
+	Timeout time.Duration
+	// Now is the clock used for expiry; default time.Now.
+	Now func() time.Time
+	// Logger receives corruption reports and warnings; default discards.
+	Logger *slog.Logger
+	// CompactEvery is how many events may accumulate after the snapshot
+	// before Append compacts. Default DefaultCompactEvery.
+	CompactEvery int
+}
+
+// Journal is an open journal file plus its in-memory view. Its methods are
+// safe for concurrent use, but the design has one owner — the enforcer
+// goroutine — calling Append and Compact; others only read (Stats).
+type Journal struct {
+	mu        sync.Mutex // serializes writers and guards the fields below
+	db        *bolt.DB
+	path      string
+	now       func() time.Time
+	log       *slog.Logger
+	every     int
+	view      *View
+	origins   map[string]int
+	events    int // events stored after the snapshot
+	recovered string
+}
+
+// Changes is what an Append did to the view, per Key, so the caller can
+// derive the kernel delta. A key whose decision moves to another origin
+// appears in both lists (old value in Removed, new in Added). Several keys
+// may share a prefix (other scope or type): before deleting a kernel entry
+// for a Removed decision, check View.ForPrefix.
+type Changes struct {
+	// Added holds decisions inserted or replaced, with their new values.
+	Added []Decision
+	// Removed holds decisions that left the view, with their old values:
+	// deleted keys, keys replaced by an already-expired value, keys a Full
+	// batch no longer lists, and keys that changed origin.
+	Removed []Decision
+}
+
+// Recovered returns, when Open found the journal corrupt, the path the bad
+// file was moved to; otherwise "". A caller seeing it should log loudly,
+// count it, and force a full LAPI resync: the view started empty.
+func (j *Journal) Recovered() string { return j.recovered }
+
+// View returns the in-memory active set. Append updates it in place.
+func (j *Journal) View() *View { return j.view }
+
+// Path returns the journal file's path.
+func (j *Journal) Path() string { return j.path }
+
+// OriginIndex returns the stable index assigned to origin by the first
+// Append that carried it. Indices are 0, 1, 2, … in order of first sight,
+// persisted, and never reused, so kernel set names derived from them stay
+// the same across restarts.
+func (j *Journal) OriginIndex(origin string) (int, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	i, ok := j.origins[origin]
+	return i, ok
+}
+
+// Origins returns a copy of the origin → index map.
+func (j *Journal) Origins() map[string]int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	out := make(map[string]int, len(j.origins))
+	for k, v := range j.origins {
+		out[k] = v
+	}
+	return out
+}
+
+// Append makes b durable (one bbolt transaction, fsync on commit) and then
+// applies it to the view. See AppendChanges.
+func (j *Journal) Append(b Batch) error {
+	_, err := j.AppendChanges(b)
+	return err
+}
+
+// AppendChanges is Append that also reports what changed in the view.
+//
+// A delta batch is stored as one event under the next sequence number. A
+// Full batch (LAPI startup=true) becomes the new snapshot and all events are
+// deleted, in the same transaction. New origins get their index in that
+// transaction too. The view changes only after the commit succeeded, so on
+// error neither the file nor the view moved. An empty delta batch is not
+// written (LAPI polls return many). Decisions already expired at Now are
+// not inserted (and remove the key they would replace).
+func (j *Journal) AppendChanges(b Batch) (Changes, error) {
+	for i, d := range b.New {
+		if err := validPrefix(d.Prefix); err != nil {
+			return Changes{}, fmt.Errorf("journal append: new decision %d: %w: %w", i, ErrInvalidDecision, err)
+		}
+	}
+	for i, k := range b.Deleted {
+		if err := validPrefix(k.Prefix); err != nil {
+			return Changes{}, fmt.Errorf("journal append: deleted key %d: %w: %w", i, ErrInvalidDecision, err)
+		}
+	}
+	if !b.Full && b.Len() == 0 {
+		return Changes{}, nil
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	now := untilMS(j.now())
+	var (
+		ch  Changes
+		err error
+	)
+	if b.Full {
+		ch, err = j.appendFull(b, now)
+	} else {
+		ch, err = j.appendDelta(b, now)
+	}
+	if err != nil {
+		return Changes{}, err
+	}
+	if j.events >= j.every {
+		// The batch is durable and applied: a failed compaction must not
+		// fail it. Events stay, and the next Append tries again.
+		if err := j.compactLocked(now); err != nil {
+			j.log.Warn("journal compaction failed, will retry", "path", j.path, "events", j.events, "err", err)
+		}
+	}
+	return ch, nil
+}
+
+func (j *Journal) appendDelta(b Batch, now int64) (Changes, error) {
+	data, err := encodeBatch(b)
+	if err != nil {
+		return Changes{}, fmt.Errorf("journal append: encode: %w", err)
+	}
+	var added map[string]int
+	err = j.db.Update(func(tx *bolt.Tx) error {
+		ev := tx.Bucket(bucketEvents)
+		seq, err := ev.NextSequence()
+		if err != nil {
+			return fmt.Errorf("next sequence: %w", err)
+		}
+		if err := ev.Put(seqKey(seq), data); err != nil {
+			return fmt.Errorf("put event %d (%d bytes): %w", seq, len(data), err)
+		}
+		added, err = j.assignOrigins(tx, b.New)
+		return err
+	})
+	if err != nil {
+		return Changes{}, fmt.Errorf("journal append to %s: %w", j.path, err)
+	}
+	j.mergeOrigins(added)
+	j.events++
+
+	v := j.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var ch Changes
+	for _, d := range b.New {
+		r := record{d.Prefix, untilMS(d.Until), d.Origin, d.Scenario, d.Type, d.Scope}
+		k, old, existed, inserted := v.upsert(r, now)
+		if existed && (!inserted || v.strs.list[old.origin] != d.Origin) {
+			ch.Removed = append(ch.Removed, v.decision(k, old))
+		}
+		if inserted {
+			ch.Added = append(ch.Added, v.decision(k, v.m[k]))
+		}
+	}
+	for _, key := range b.Deleted {
+		if pk, ok := v.packKey(key); ok {
+			if old, ok := v.m[pk]; ok {
+				ch.Removed = append(ch.Removed, v.decision(pk, old))
+				delete(v.m, pk)
+			}
+		}
+	}
+	return ch, nil
+}
+
+func (j *Journal) appendFull(b Batch, now int64) (Changes, error) {
+	v := j.view
+	// Build the new view aside; it shares (and so interns into) the string
+	// table, which readers use under v.mu.
+	v.mu.Lock()
+	nv := newView(v.strs)
+	nv.m = make(map[vkey]vval, len(b.New))
+	for _, d := range b.New {
+		nv.upsert(record{d.Prefix, untilMS(d.Until), d.Origin, d.Scenario, d.Type, d.Scope}, now)
+	}
+	v.mu.Unlock()
+	data := nv.encode(now)
+
+	var added map[string]int
+	err := j.db.Update(func(tx *bolt.Tx) error {
+		if err := writeSnapshot(tx, data); err != nil {
+			return err
+		}
+		var err error
+		added, err = j.assignOrigins(tx, b.New)
+		return err
+	})
+	if err != nil {
+		return Changes{}, fmt.Errorf("journal full append to %s: %w", j.path, err)
+	}
+	j.mergeOrigins(added)
+	j.events = 0
+
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	ch := Changes{Added: make([]Decision, 0, len(nv.m))}
+	for k, old := range v.m {
+		if nw, ok := nv.m[k]; !ok || nw.origin != old.origin {
+			ch.Removed = append(ch.Removed, v.decision(k, old))
+		}
+	}
+	for k, val := range nv.m {
+		ch.Added = append(ch.Added, v.decision(k, val))
+	}
+	v.m, v.combos, v.minUntil = nv.m, nv.combos, nv.minUntil
+	return ch, nil
+}
+
+// writeSnapshot stores data as the snapshot and drops every event, keeping
+// the sequence counter so event keys are never reused.
+func writeSnapshot(tx *bolt.Tx, data []byte) error {
+	ev := tx.Bucket(bucketEvents)
+	seq := ev.Sequence()
+	if err := tx.Bucket(bucketSnapshot).Put(keySnapshot, data); err != nil {
+		return fmt.Errorf("put snapshot (%d bytes): %w", len(data), err)
+	}
+	if err := tx.Bucket(bucketMeta).Put(keySnapshotSeq, seqKey(seq)); err != nil {
+		return fmt.Errorf("put snapshot seq: %w", err)
+	}
+	// Dropping the bucket frees its pages at once, cheaper than deleting
+	// key by key.
+	if err := tx.DeleteBucket(bucketEvents); err != nil {
+		return fmt.Errorf("drop events: %w", err)
+	}
+	ev, err := tx.CreateBucket(bucketEvents)
+	if err != nil {
+		return fmt.Errorf("recreate events: %w", err)
+	}
+	if err := ev.SetSequence(seq); err != nil {
+		return fmt.Errorf("restore event sequence: %w", err)
+	}
+	return nil
+}
+
+// assignOrigins gives every origin of ds not yet known the next index.
+func (j *Journal) assignOrigins(tx *bolt.Tx, ds []Decision) (map[string]int, error) {
+	var added map[string]int
+	ob := tx.Bucket(bucketOrigins)
+	for _, d := range ds {
+		if _, ok := j.origins[d.Origin]; ok {
+			continue
+		}
+		if _, ok := added[d.Origin]; ok {
+			continue
+		}
+		seq, err := ob.NextSequence()
+		if err != nil {
+			return nil, fmt.Errorf("next origin index: %w", err)
+		}
+		idx := seq - 1
+		if err := ob.Put([]byte(d.Origin), binary.AppendUvarint(nil, idx)); err != nil {
+			return nil, fmt.Errorf("put origin %q: %w", d.Origin, err)
+		}
+		if added == nil {
+			added = make(map[string]int)
+		}
+		added[d.Origin] = int(idx)
+	}
+	return added, nil
+}
+
+func (j *Journal) mergeOrigins(added map[string]int) {
+	for k, v := range added {
+		j.origins[k] = v
+	}
+}
+
+// Compact writes the view (minus what expired by Now) as the new snapshot
+// and deletes all events, in one transaction. Append calls it every
+// Options.CompactEvery events; the in-memory view is not changed.
+func (j *Journal) Compact() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.compactLocked(untilMS(j.now()))
+}
+
+func (j *Journal) compactLocked(now int64) error {
+	j.view.mu.RLock()
+	data := j.view.encode(now)
+	j.view.mu.RUnlock()
+	if err := j.db.Update(func(tx *bolt.Tx) error { return writeSnapshot(tx, data) }); err != nil {
+		return fmt.Errorf("journal compact %s: %w", j.path, err)
+	}
+	j.events = 0
+	return nil
+}
+
+// Close closes the file. The view stays readable.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.db.Close(); err != nil {
+		return fmt.Errorf("journal close %s: %w", j.path, err)
+	}
+	return nil
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }

@@ -1,0 +1,284 @@
+package journal
+
+import (
+	"encoding/binary"
+	"math"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// View is the in-memory active set: one decision per Key, as LAPI publishes
+// them. The journal rebuilds it at Open and updates it after every committed
+// Append.
+//
+// It is owned by the enforcer goroutine: only that goroutine should call
+// Expire or Journal.Append, which mutate it. Its methods are nonetheless safe
+// for concurrent use, so that a metrics scrape (Journal.Stats) or a debug
+// endpoint may read it while the enforcer works.
+//
+// Memory: entries are packed (a 32-byte key, a 16-byte value; strings are
+// interned indices), so 100k decisions cost a few MB rather than tens.
+type View struct {
+	mu       sync.RWMutex
+	m        map[vkey]vval
+	strs     *strtab
+	combos   []combo // distinct (scope, type) pairs ever inserted, for ForPrefix
+	minUntil int64   // lower bound of every until in m; lets Expire skip its scan
+}
+
+// vkey is the packed Key: the address as two words, plus interned strings.
+type vkey struct {
+	hi, lo     uint64
+	bits       uint8
+	v6         bool // 16-byte address (IPv6, including 4in6)
+	scope, typ uint32
+}
+
+// vval is the packed rest of a Decision.
+type vval struct {
+	until            int64 // unix ms
+	origin, scenario uint32
+}
+
+type combo struct{ scope, typ uint32 }
+
+// strtab interns strings: each distinct origin, scenario, type and scope is
+// held once and referred to by index. It only grows; distinct values are
+// few (a few hundred scenarios at most).
+type strtab struct {
+	list []string
+	idx  map[string]uint32
+}
+
+func newStrtab() *strtab { return &strtab{idx: make(map[string]uint32)} }
+
+func (s *strtab) intern(v string) uint32 {
+	if i, ok := s.idx[v]; ok {
+		return i
+	}
+	i := uint32(len(s.list))
+	s.list = append(s.list, v)
+	s.idx[v] = i
+	return i
+}
+
+func (s *strtab) lookup(v string) (uint32, bool) {
+	i, ok := s.idx[v]
+	return i, ok
+}
+
+func newView(strs *strtab) *View {
+	return &View{m: make(map[vkey]vval), strs: strs, minUntil: math.MaxInt64}
+}
+
+func packAddr(p netip.Prefix) (hi, lo uint64, bits uint8, v6 bool) {
+	a := p.Addr()
+	b := a.As16()
+	return binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:]), uint8(p.Bits()), a.Is6()
+}
+
+func (k vkey) prefix() netip.Prefix {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], k.hi)
+	binary.BigEndian.PutUint64(b[8:], k.lo)
+	if k.v6 {
+		return netip.PrefixFrom(netip.AddrFrom16(b), int(k.bits))
+	}
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte(b[12:])), int(k.bits))
+}
+
+// packKey converts k without interning; ok is false when k's strings were
+// never seen, so k cannot be in the view.
+func (v *View) packKey(k Key) (vkey, bool) {
+	s, ok1 := v.strs.lookup(k.Scope)
+	t, ok2 := v.strs.lookup(k.Type)
+	hi, lo, bits, v6 := packAddr(k.Prefix)
+	return vkey{hi: hi, lo: lo, bits: bits, v6: v6, scope: s, typ: t}, ok1 && ok2
+}
+
+func (v *View) internKey(prefix netip.Prefix, scope, typ string) vkey {
+	hi, lo, bits, v6 := packAddr(prefix)
+	return vkey{hi: hi, lo: lo, bits: bits, v6: v6, scope: v.strs.intern(scope), typ: v.strs.intern(typ)}
+}
+
+func (v *View) decision(k vkey, val vval) Decision {
+	return Decision{
+		Prefix:   k.prefix(),
+		Until:    msTime(val.until),
+		Origin:   v.strs.list[val.origin],
+		Scenario: v.strs.list[val.scenario],
+		Type:     v.strs.list[k.typ],
+		Scope:    v.strs.list[k.scope],
+	}
+}
+
+// upsert inserts or replaces; LAPI's latest value is authoritative, even
+// when shorter (a delete + re-add with a shorter duration must shorten).
+// A record already expired at now removes the key instead. It returns the
+// packed key, the previous entry if any, and whether r was inserted.
+func (v *View) upsert(r record, now int64) (k vkey, old vval, existed, inserted bool) {
+	k = v.internKey(r.prefix, r.scope, r.typ)
+	old, existed = v.m[k]
+	if r.until <= now {
+		if existed {
+			delete(v.m, k)
+		}
+		return k, old, existed, false
+	}
+	if !existed {
+		v.noteCombo(k)
+	}
+	v.m[k] = vval{until: r.until, origin: v.strs.intern(r.origin), scenario: v.strs.intern(r.scenario)}
+	if r.until < v.minUntil {
+		v.minUntil = r.until
+	}
+	return k, old, existed, true
+}
+
+func (v *View) noteCombo(k vkey) {
+	c := combo{k.scope, k.typ}
+	for _, have := range v.combos {
+		if have == c {
+			return
+		}
+	}
+	v.combos = append(v.combos, c)
+}
+
+// viewLoader applies a decoded record to a view (Open's rebuild path).
+type viewLoader struct {
+	v   *View
+	now int64
+}
+
+func (l viewLoader) full(n int) {
+	// Sizing the map once avoids rehashing 100k entries several times.
+	l.v.m = make(map[vkey]vval, n)
+	l.v.minUntil = math.MaxInt64
+}
+func (l viewLoader) add(r record) { l.v.upsert(r, l.now) }
+func (l viewLoader) del(k Key) {
+	if pk, ok := l.v.packKey(k); ok {
+		delete(l.v.m, pk)
+	}
+}
+
+// Len is the number of entries, including expired ones not yet removed by
+// Expire.
+func (v *View) Len() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.m)
+}
+
+// Get returns the decision held for k.
+func (v *View) Get(k Key) (Decision, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	pk, ok := v.packKey(k)
+	if !ok {
+		return Decision{}, false
+	}
+	val, ok := v.m[pk]
+	if !ok {
+		return Decision{}, false
+	}
+	return v.decision(pk, val), true
+}
+
+// ForPrefix returns every decision (any scope and type) on exactly p. The
+// enforcer needs it when one key goes: the kernel entry for p must stay if
+// another decision still covers it. It probes the few (scope, type) pairs
+// ever seen instead of keeping a second index.
+func (v *View) ForPrefix(p netip.Prefix) []Decision {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	hi, lo, bits, v6 := packAddr(p)
+	var out []Decision
+	for _, c := range v.combos {
+		k := vkey{hi: hi, lo: lo, bits: bits, v6: v6, scope: c.scope, typ: c.typ}
+		if val, ok := v.m[k]; ok {
+			out = append(out, v.decision(k, val))
+		}
+	}
+	return out
+}
+
+// Active returns the decisions still in force at now (Until > now), in no
+// particular order: what a replay must put in the kernel.
+func (v *View) Active(now time.Time) []Decision {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	t := untilMS(now)
+	out := make([]Decision, 0, len(v.m))
+	for k, val := range v.m {
+		if val.until > t {
+			out = append(out, v.decision(k, val))
+		}
+	}
+	return out
+}
+
+// Expire removes the decisions whose Until <= now and returns them, so the
+// caller can delete them from the kernel where timeouts are off. It only
+// changes memory: the journal drops them on its own at the next compaction
+// or Open. It does not scan when nothing can have expired yet.
+func (v *View) Expire(now time.Time) []Decision {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	t := untilMS(now)
+	if t < v.minUntil {
+		return nil
+	}
+	var out []Decision
+	next := int64(math.MaxInt64)
+	for k, val := range v.m {
+		if val.until <= t {
+			out = append(out, v.decision(k, val))
+			delete(v.m, k)
+		} else if val.until < next {
+			next = val.until
+		}
+	}
+	v.minUntil = next
+	return out
+}
+
+// Each calls fn for every decision, expired or not, in no particular order,
+// until fn returns false. fn must not call Expire or Journal.Append.
+func (v *View) Each(fn func(Decision) bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	for k, val := range v.m {
+		if !fn(v.decision(k, val)) {
+			return
+		}
+	}
+}
+
+// encode writes the view's entries still in force at now as a full value
+// (the snapshot). The caller holds at least a read lock or owns v.
+func (v *View) encode(now int64) []byte {
+	base := int64(math.MaxInt64)
+	for _, val := range v.m {
+		if val.until > now && val.until < base {
+			base = val.until
+		}
+	}
+	if base == math.MaxInt64 {
+		base = 0
+	}
+	e := newEncoder(true, base, len(v.m))
+	for k, val := range v.m {
+		if val.until <= now {
+			continue
+		}
+		e.addNew(record{
+			prefix: k.prefix(), until: val.until,
+			origin: v.strs.list[val.origin], scenario: v.strs.list[val.scenario],
+			typ: v.strs.list[k.typ], scope: v.strs.list[k.scope],
+		})
+	}
+	return e.finish()
+}

@@ -1,0 +1,291 @@
+// Package lapi adapts CrowdSec's Local API to the bouncer: it pulls the
+// decisions stream through go-cs-bouncer's API client and turns LAPI's
+// loosely typed models into the journal's Decision and Key values, rejecting
+// bad decisions one by one so that one malformed entry never costs a batch.
+package lapi
+
+import (
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/crowdsecurity/crowdsec/pkg/models"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
+)
+
+// Rejection reasons. They are short and stable so they can label metrics;
+// the rejected decision's fields carry the detail for logs.
+const (
+	ReasonNil            = "nil decision"
+	ReasonMissingValue   = "missing value"
+	ReasonMissingScope   = "missing scope"
+	ReasonMissingType    = "missing type"
+	ReasonMissingOrigin  = "missing origin"
+	ReasonMissingScen    = "missing scenario"
+	ReasonMissingDur     = "missing duration"
+	ReasonBadScope       = "unsupported scope"
+	ReasonBadIP          = "bad ip"
+	ReasonBadRange       = "bad range"
+	ReasonTooWide        = "range too wide"
+	ReasonBadDuration    = "bad duration"
+	ReasonExpired        = "already expired"
+	ReasonIPv4Disabled   = "ipv4 disabled"
+	ReasonIPv6Disabled   = "ipv6 disabled"
+	simulationTypePrefix = "simulation:"
+)
+
+// NormalizeOptions are the filters of the upstream configuration that act on
+// single decisions.
+type NormalizeOptions struct {
+	// Types is supported_decisions_types. Nil or empty means {"ban"}, the
+	// upstream default: a firewall must not enforce captcha decisions by
+	// accident because a key was left out of the configuration.
+	Types map[string]bool
+	// DisableIPv4 and DisableIPv6 reject new decisions of that family.
+	DisableIPv4, DisableIPv6 bool
+}
+
+// Rejection is one decision that could not be normalized, with the raw
+// fields ("" where LAPI sent null) for the log line.
+type Rejection struct {
+	Value, Scope, Type, Origin string
+	// Reason is one of the Reason* constants.
+	Reason string
+	// Deleted tells whether the decision came from the deleted list.
+	Deleted bool
+}
+
+// Stats counts the decisions Normalize dropped on purpose, which are not
+// errors and so are not Rejections.
+type Stats struct {
+	// SkippedSimulated counts simulated decisions (Simulated=true or a
+	// "simulation:" type): upstream never enforces them.
+	SkippedSimulated int
+	// SkippedType counts decisions whose type is not in Types; upstream
+	// ignores them silently.
+	SkippedType int
+	// SkippedFamily counts deletes of a disabled family: we never accepted
+	// such a decision, so its delete cannot match anything.
+	SkippedFamily int
+}
+
+// Normalize turns one stream response into a journal batch. A bad decision is
+// rejected alone; the rest of the batch is kept. New decisions expire at
+// now + their remaining duration. Batch.Full is left for the caller to set.
+func Normalize(resp *models.DecisionsStreamResponse, opts NormalizeOptions, now time.Time) (journal.Batch, []Rejection) {
+	b, rej, _ := NormalizeWithStats(resp, opts, now)
+	return b, rej
+}
+
+// NormalizeWithStats is Normalize that also reports what it skipped on
+// purpose, for metrics.
+func NormalizeWithStats(resp *models.DecisionsStreamResponse, opts NormalizeOptions, now time.Time) (journal.Batch, []Rejection, Stats) {
+	var (
+		b     journal.Batch
+		rej   []Rejection
+		stats Stats
+	)
+	if resp == nil {
+		return b, nil, stats
+	}
+	n := &normalizer{opts: opts, now: now, stats: &stats, strs: make(map[string]string)}
+	if len(opts.Types) == 0 {
+		n.opts.Types = map[string]bool{"ban": true}
+	}
+	if len(resp.New) > 0 {
+		b.New = make([]journal.Decision, 0, len(resp.New))
+	}
+	for _, d := range resp.New {
+		dec, reason, keep := n.newDecision(d)
+		if reason != "" {
+			rej = append(rej, rejection(d, reason, false))
+		} else if keep {
+			b.New = append(b.New, dec)
+		}
+	}
+	if len(resp.Deleted) > 0 {
+		b.Deleted = make([]journal.Key, 0, len(resp.Deleted))
+	}
+	for _, d := range resp.Deleted {
+		key, reason, keep := n.deletedKey(d)
+		if reason != "" {
+			rej = append(rej, rejection(d, reason, true))
+		} else if keep {
+			b.Deleted = append(b.Deleted, key)
+		}
+	}
+	return b, rej, stats
+}
+
+// normalizer carries the per-batch state: options with defaults applied, the
+// receive time, counters, and the string interning table (a blocklist sends
+// 100k decisions with the same origin and scenario: keep one copy).
+type normalizer struct {
+	opts  NormalizeOptions
+	now   time.Time
+	stats *Stats
+	strs  map[string]string
+}
+
+func (n *normalizer) intern(s string) string {
+	if v, ok := n.strs[s]; ok {
+		return v
+	}
+	n.strs[s] = s
+	return s
+}
+
+// common validates what new and deleted decisions share: identity fields and
+// the type filters. keep=false with reason "" means skipped on purpose.
+func (n *normalizer) common(d *models.Decision) (key journal.Key, reason string, keep bool) {
+	switch {
+	case d == nil:
+		return key, ReasonNil, false
+	case d.Value == nil:
+		return key, ReasonMissingValue, false
+	case d.Scope == nil:
+		return key, ReasonMissingScope, false
+	case d.Type == nil:
+		return key, ReasonMissingType, false
+	}
+	if (d.Simulated != nil && *d.Simulated) || strings.HasPrefix(*d.Type, simulationTypePrefix) {
+		n.stats.SkippedSimulated++
+		return key, "", false
+	}
+	if !n.opts.Types[*d.Type] {
+		n.stats.SkippedType++
+		return key, "", false
+	}
+	var p netip.Prefix
+	switch {
+	case strings.EqualFold(*d.Scope, journal.ScopeIP):
+		key.Scope = journal.ScopeIP
+		if p, reason = parseIP(*d.Value); reason != "" {
+			return key, reason, false
+		}
+	case strings.EqualFold(*d.Scope, journal.ScopeRange):
+		key.Scope = journal.ScopeRange
+		if p, reason = parseRange(*d.Value); reason != "" {
+			return key, reason, false
+		}
+	default:
+		return key, ReasonBadScope, false
+	}
+	key.Prefix = p
+	key.Type = n.intern(*d.Type)
+	return key, "", true
+}
+
+func (n *normalizer) newDecision(d *models.Decision) (journal.Decision, string, bool) {
+	var dec journal.Decision
+	key, reason, keep := n.common(d)
+	if reason != "" || !keep {
+		return dec, reason, false
+	}
+	if reason := n.familyReason(key.Prefix); reason != "" {
+		return dec, reason, false
+	}
+	switch {
+	case d.Origin == nil || *d.Origin == "":
+		// the origin picks the kernel set: without it there is nowhere to put the ban
+		return dec, ReasonMissingOrigin, false
+	case d.Scenario == nil:
+		return dec, ReasonMissingScen, false
+	case d.Duration == nil:
+		return dec, ReasonMissingDur, false
+	}
+	dur, err := time.ParseDuration(*d.Duration)
+	if err != nil {
+		return dec, ReasonBadDuration, false
+	}
+	if dur <= 0 {
+		return dec, ReasonExpired, false
+	}
+	return journal.Decision{
+		Prefix:   key.Prefix,
+		Until:    n.now.Add(dur),
+		Origin:   n.intern(*d.Origin),
+		Scenario: n.intern(*d.Scenario),
+		Type:     key.Type,
+		Scope:    key.Scope,
+	}, "", true
+}
+
+// deletedKey ignores duration (negative for deletes), origin and scenario:
+// deletes are per (scope, value, type).
+func (n *normalizer) deletedKey(d *models.Decision) (journal.Key, string, bool) {
+	key, reason, keep := n.common(d)
+	if reason != "" || !keep {
+		return key, reason, false
+	}
+	if n.familyReason(key.Prefix) != "" {
+		n.stats.SkippedFamily++
+		return key, "", false
+	}
+	return key, "", true
+}
+
+func (n *normalizer) familyReason(p netip.Prefix) string {
+	switch {
+	case p.Addr().Is4() && n.opts.DisableIPv4:
+		return ReasonIPv4Disabled
+	case p.Addr().Is6() && n.opts.DisableIPv6:
+		return ReasonIPv6Disabled
+	}
+	return ""
+}
+
+// parseIP accepts an address (v4-mapped v6 is unmapped, zones are refused)
+// or a full-length prefix such as "192.0.2.1/32", which some tools send for
+// the Ip scope.
+func parseIP(s string) (netip.Prefix, string) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		p, perr := netip.ParsePrefix(s)
+		if perr != nil || p.Bits() != p.Addr().BitLen() {
+			return netip.Prefix{}, ReasonBadIP
+		}
+		a = p.Addr()
+	}
+	if a.Zone() != "" {
+		return netip.Prefix{}, ReasonBadIP
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), ""
+}
+
+// parseRange accepts a CIDR, masks it, and unmaps a v4-mapped v6 range that
+// lies inside ::ffff:0:0/96. A /0 would ban a whole family: refused.
+func parseRange(s string) (netip.Prefix, string) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, ReasonBadRange
+	}
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	if p.Bits() == 0 {
+		return netip.Prefix{}, ReasonTooWide
+	}
+	return p.Masked(), ""
+}
+
+func rejection(d *models.Decision, reason string, deleted bool) Rejection {
+	r := Rejection{Reason: reason, Deleted: deleted}
+	if d == nil {
+		return r
+	}
+	r.Value = deref(d.Value)
+	r.Scope = deref(d.Scope)
+	r.Type = deref(d.Type)
+	r.Origin = deref(d.Origin)
+	return r
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
