@@ -71,6 +71,10 @@ type Backend interface {
 	// Verify checks cheaply — no full member listing — that the
 	// infrastructure exists and each set holds at least want[set] members.
 	Verify(ctx context.Context, want map[SetKey]int) (Drift, error)
+	// SetKeyOf names the kernel set an origin's entries go to: one per
+	// origin and family, or one per family in single-set modes (ipset-only),
+	// where two origins banning one prefix share one kernel entry.
+	SetKeyOf(origin int, v6 bool) SetKey
 	// Members lists what each of our sets holds, for the slow deep verify.
 	// It is a full dump: never call it on the fast path.
 	Members(ctx context.Context) (map[SetKey][]netip.Prefix, error)

@@ -114,6 +114,8 @@ type Enforcer struct {
 	repairAfter  time.Time // anti-fight: no repair before this
 	lastFullPull time.Time // pull time of the last applied full batch
 	ensured      map[int]bool
+	// kidx maps an origin name to the origin index of its kernel set.
+	kidx originIndex
 }
 
 type request struct {
@@ -138,6 +140,13 @@ func New(cfg Config, d Deps) *Enforcer {
 	}
 	if e.now == nil {
 		e.now = time.Now
+	}
+	e.kidx = func(origin string) (int, bool) {
+		o, ok := e.j.OriginIndex(origin)
+		if !ok {
+			return 0, false
+		}
+		return e.be.SetKeyOf(o, false).Origin, true
 	}
 	if e.slp == nil {
 		e.slp = sleepCtx
@@ -246,14 +255,14 @@ func (e *Enforcer) apply(ctx context.Context, r request) error {
 	}
 	v := e.j.View()
 	ps := affected(v, b)
-	before := takeSnapshot(v, ps, e.j.OriginIndex)
+	before := takeSnapshot(v, ps, e.kidx)
 	if err := e.j.Append(b); err != nil {
 		return fmt.Errorf("journal append of %d decisions: %w", b.Len(), err)
 	}
 	if b.Full {
 		e.lastFullPull = r.pulledAt
 	}
-	after := takeSnapshot(v, ps, e.j.OriginIndex)
+	after := takeSnapshot(v, ps, e.kidx)
 	e.countsDirty = true
 	d := diff(before, after)
 	if d.Empty() {
@@ -281,6 +290,7 @@ func (e *Enforcer) ensureOrigins(ctx context.Context) error {
 		return nil
 	}
 	idx := slices.Sorted(maps.Values(all))
+	e.nameOrigins(all)
 	if err := e.be.Ensure(ctx, idx); err != nil {
 		return err
 	}
@@ -288,6 +298,19 @@ func (e *Enforcer) ensureOrigins(ctx context.Context) error {
 		e.ensured[i] = true
 	}
 	return nil
+}
+
+// originNamer is implemented by backends that label rules with origin names.
+type originNamer interface{ SetOriginNames(map[int]string) }
+
+func (e *Enforcer) nameOrigins(all map[string]int) {
+	if n, ok := e.be.(originNamer); ok {
+		names := make(map[int]string, len(all))
+		for name, i := range all {
+			names[i] = name
+		}
+		n.SetOriginNames(names)
+	}
 }
 
 // pass is one tick: expire, refresh long bans, fast verify, and now and then
@@ -309,7 +332,7 @@ func (e *Enforcer) pass(ctx context.Context) error {
 	want := e.counts.want(now, e.cfg.ExpireSlack)
 	for _, o := range e.j.Origins() {
 		for _, v6 := range []bool{false, true} {
-			k := backend.SetKey{Origin: o, V6: v6}
+			k := e.be.SetKeyOf(o, v6)
 			if _, ok := want[k]; !ok {
 				want[k] = 0
 			}
@@ -338,7 +361,7 @@ func (e *Enforcer) pass(ctx context.Context) error {
 
 // rebuildCounts recomputes the expected member counts and the next expiry.
 func (e *Enforcer) rebuildCounts(now time.Time) {
-	es := activeEntries(e.j.View(), now, e.j.OriginIndex)
+	es := activeEntries(e.j.View(), now, e.kidx)
 	e.counts = countEntries(es)
 	e.countsDirty = false
 	e.nextExpiry = time.Time{}
@@ -379,9 +402,9 @@ func (e *Enforcer) expire(ctx context.Context, now time.Time) error {
 				ds = append(ds, d)
 			}
 		}
-		before[p] = entriesFor(ds, e.j.OriginIndex)
+		before[p] = entriesFor(ds, e.kidx)
 	}
-	d := diff(before, takeSnapshot(v, ps, e.j.OriginIndex))
+	d := diff(before, takeSnapshot(v, ps, e.kidx))
 	if err := e.be.Apply(ctx, d); err != nil {
 		return e.repair(ctx, []string{"apply"}, []string{"expire: " + err.Error()})
 	}

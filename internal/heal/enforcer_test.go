@@ -420,3 +420,28 @@ func TestStaleDeltaAfterFullResyncDropped(t *testing.T) {
 		t.Fatal("a delta pulled before the full resync was applied after it")
 	}
 }
+
+// In a single-set mode two origins banning one prefix share one kernel
+// entry: lifting one origin's ban must not lift the other's, and the expected
+// count must not count the prefix twice.
+func TestSingleSetSharedPrefix(t *testing.T) {
+	r := newRig(t, Config{})
+	r.be.SingleSet = true
+	r.start()
+	r.submit(journal.Batch{New: []journal.Decision{ban("192.0.2.10/32", "crowdsec", time.Hour), ban("192.0.2.10/32", "lists", 2*time.Hour)}})
+	// Identity is (scope, value, type): the second replaces the first in LAPI
+	// terms, so use two types to keep both.
+	capt := ban("192.0.2.10/32", "cscli", 3*time.Hour)
+	capt.Type = "captcha"
+	r.submit(journal.Batch{New: []journal.Decision{capt}})
+	r.submit(journal.Batch{Deleted: []journal.Key{capt.Key()}})
+	if !r.be.Has(0, netip.MustParsePrefix("192.0.2.10/32")) {
+		t.Fatalf("deleting one origin's decision lifted the shared entry:\n%s", r.be)
+	}
+	replays := r.be.Calls("Replay")
+	r.tick()
+	r.tick()
+	if got := r.be.Calls("Replay"); got != replays {
+		t.Fatalf("shared prefix counted twice: verify keeps repairing (%d replays)", got-replays)
+	}
+}

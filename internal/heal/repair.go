@@ -16,14 +16,16 @@ import (
 // hold exactly the view. It returns how many entries it replayed.
 func (e *Enforcer) ensureAndReplay(ctx context.Context) (int, error) {
 	now := e.now()
-	origins := slices.Sorted(maps.Values(e.j.Origins()))
+	all := e.j.Origins()
+	origins := slices.Sorted(maps.Values(all))
+	e.nameOrigins(all)
 	if err := e.be.Ensure(ctx, origins); err != nil {
 		return 0, fmt.Errorf("ensure infrastructure: %w", err)
 	}
 	for _, o := range origins {
 		e.ensured[o] = true
 	}
-	es := activeEntries(e.j.View(), now, e.j.OriginIndex)
+	es := activeEntries(e.j.View(), now, e.kidx)
 	if err := e.be.Replay(ctx, es); err != nil {
 		return 0, fmt.Errorf("replay %d entries: %w", len(es), err)
 	}
@@ -149,7 +151,7 @@ func (e *Enforcer) deepVerify(ctx context.Context, now time.Time) error {
 	}
 	var d backend.Delta
 	cut := now.Add(e.cfg.ExpireSlack)
-	for _, en := range activeEntries(e.j.View(), now, e.j.OriginIndex) {
+	for _, en := range activeEntries(e.j.View(), now, e.kidx) {
 		k := backend.SetKey{Origin: en.Origin, V6: en.Prefix.Addr().Is6()}
 		if _, ok := have[k][en.Prefix]; ok {
 			delete(have[k], en.Prefix)
@@ -204,7 +206,7 @@ func (e *Enforcer) refreshLongBans(ctx context.Context, now time.Time) error {
 	}
 	e.refreshDue = time.Time{}
 	var d backend.Delta
-	for _, en := range activeEntries(e.j.View(), now, e.j.OriginIndex) {
+	for _, en := range activeEntries(e.j.View(), now, e.kidx) {
 		if en.Until.Sub(now) > e.cfg.RefreshMargin {
 			d.Add = append(d.Add, en)
 		}

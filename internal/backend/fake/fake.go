@@ -24,6 +24,10 @@ var ErrInjected = errors.New("fake: injected failure")
 // "our chains and rules exist". Safe for concurrent use so tests can inject
 // drift while the enforcer runs.
 type Backend struct {
+	// SingleSet makes every origin share one set per family, like the
+	// ipset-only mode. Set it before use.
+	SingleSet bool
+
 	mu       sync.Mutex
 	now      func() time.Time
 	infra    bool
@@ -155,6 +159,14 @@ func (b *Backend) Verify(_ context.Context, want map[backend.SetKey]int) (backen
 		}
 	}
 	return d, nil
+}
+
+// SetKeyOf implements backend.Backend: one set per origin and family.
+func (b *Backend) SetKeyOf(origin int, v6 bool) backend.SetKey {
+	if b.SingleSet {
+		return backend.SetKey{V6: v6}
+	}
+	return backend.SetKey{Origin: origin, V6: v6}
 }
 
 // Members implements backend.Backend.
