@@ -109,11 +109,16 @@ func streamBody(n int) []byte {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		fmt.Fprintf(&b, `{"duration":"3h59m%d.5s","id":%d,"origin":"lists","scenario":"lists:bench","scope":"Ip","type":"ban","value":"198.18.%d.%d"}`,
-			i%60, i+1, i/256, i%256)
+		fmt.Fprintf(&b, `{"duration":"3h59m%d.5s","id":%d,"origin":"lists","scenario":"lists:bench","scope":"Ip","type":"ban","value":"%s"}`,
+			i%60, i+1, benchAddr(i))
 	}
 	b.WriteString(`],"deleted":null}`)
 	return b.Bytes()
+}
+
+// benchAddr is the i-th address of 198.18.0.0/15 (131072 addresses).
+func benchAddr(i int) string {
+	return fmt.Sprintf("198.%d.%d.%d", 18+i/65536, (i/256)%256, i%256)
 }
 
 func ipsetRestoreReference(t *testing.T, n int) time.Duration {
@@ -121,7 +126,7 @@ func ipsetRestoreReference(t *testing.T, n int) time.Duration {
 	var in bytes.Buffer
 	in.WriteString("create csjb-ref hash:net family inet maxelem 262144 timeout 0\n")
 	for i := 0; i < n; i++ {
-		fmt.Fprintf(&in, "add csjb-ref 198.18.%d.%d timeout 14400\n", i/256, i%256)
+		fmt.Fprintf(&in, "add csjb-ref %s timeout 14400\n", benchAddr(i))
 	}
 	start := time.Now()
 	cmd := exec.Command("ipset", "restore")

@@ -63,6 +63,21 @@ var faults = []fault{
 			}
 		}
 	}},
+	// Same count, other members: only the deep verify (2s here) sees it.
+	{"one entry swapped for another by hand", func(t *testing.T, _, _ string) {
+		for _, name := range strings.Fields(sh(t, "ipset", "list", "-n")) {
+			switch {
+			case strings.HasPrefix(name, "crowdsec-blacklists"):
+				if _, err := tryRun("ipset", "del", name, "192.0.2.10"); err == nil {
+					sh(t, "ipset", "add", name, "203.0.113.99")
+				}
+			case strings.HasPrefix(name, "crowdsec6-blacklists"):
+				if _, err := tryRun("ipset", "del", name, "2001:db8::10"); err == nil {
+					sh(t, "ipset", "add", name, "2001:db8:ffff::99")
+				}
+			}
+		}
+	}},
 }
 
 // testHeal runs every fault against one running bouncer: after each, the
@@ -96,14 +111,13 @@ func testHeal(t *testing.T, lapiUp bool) {
 		start := time.Now()
 		f.do(t, saved4, saved6)
 		b.waitCount(t, "repaired", before+1, 20*time.Second)
+		detected := time.Since(start)
 		requireDropped(t, p, p.Banned4, within)
 		requireDropped(t, p, p.Banned6, within)
 		if !b.running() || b.cmd.Process.Pid != pid {
 			t.Fatalf("%s: bouncer restarted or exited", f.name)
 		}
-		t.Logf("figure: %s healed in %v (LAPI up: %v)", f.name, time.Since(start).Round(time.Millisecond), lapiUp)
-		// Let the anti-fight window pass so the next fault is repaired at once.
-		time.Sleep(100 * time.Millisecond)
+		t.Logf("figure: %s: repaired %v after the fault (LAPI up: %v)", f.name, detected.Round(time.Millisecond), lapiUp)
 	}
 	if n := strings.Count(sh(t, "iptables-save"), "-j CROWDSEC_CHAIN"); n != 1 {
 		t.Fatalf("%d jump rules after the heal run, want 1", n)
@@ -161,4 +175,36 @@ func TestE2EReplayFailureExitsWithCode3(t *testing.T) {
 			t.Errorf("log lacks %q", want)
 		}
 	}
+}
+
+// Another program that keeps deleting our jump rule must not drag us into a
+// tight loop: after heal.free_repairs quick repeats, repairs back off.
+func TestE2EDoesNotFight(t *testing.T) {
+	if !e2eSetup(t) {
+		return
+	}
+	l := testenv.StartLAPI(t)
+	p := testenv.NewPeers(t)
+	b := startBouncer(t, writeConfig(t, l, bouncerOpts{FightWindow: "10s",
+		Extra: "  free_repairs: 2\n  backoff_initial: 1s\n  backoff_max: 8s"}))
+	l.CSCLI(t, "decisions", "add", "--ip", p.Banned4.String(), "-d", "4h")
+	requireDropped(t, p, p.Banned4, within)
+	const fight = 15 * time.Second
+	end := time.Now().Add(fight)
+	for time.Now().Before(end) {
+		_, _ = tryRun("iptables", "-D", "INPUT", "-j", "CROWDSEC_CHAIN")
+		time.Sleep(200 * time.Millisecond)
+	}
+	repairs := b.count("repaired drift")
+	// Without backoff: one repair per 1s verify pass, ≈15. With it: 2 free,
+	// then waits of 1, 2, 4, 8 s: ≈6.
+	t.Logf("figure: %d repairs during a %v fight", repairs, fight)
+	if repairs > 9 {
+		t.Fatalf("%d repairs in %v: fighting the other program", repairs, fight)
+	}
+	if !strings.Contains(b.out.String(), "backing off") {
+		t.Fatal("no backoff logged")
+	}
+	// Once the other program stops, we win within the longest backoff.
+	requireDropped(t, p, p.Banned4, 15*time.Second)
 }

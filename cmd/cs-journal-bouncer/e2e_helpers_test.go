@@ -72,7 +72,7 @@ type bouncerOpts struct {
 	URL, Key     string
 	Extra        string // extra yaml lines
 	DeepInterval string
-	Env          []string
+	FightWindow  string
 }
 
 const configTmpl = `mode: iptables
@@ -90,6 +90,7 @@ on_shutdown: {{.OnShutdown}}
 heal:
   interval: 1s
   deep_interval: {{.DeepInterval}}
+  fight_window: {{.FightWindow}}
 {{.Extra}}
 `
 
@@ -129,6 +130,11 @@ func writeConfig(t *testing.T, l *testenv.LAPI, o bouncerOpts) string {
 	}
 	if o.DeepInterval == "" {
 		o.DeepInterval = "5m"
+	}
+	if o.FightWindow == "" {
+		// Tests fault the firewall every few seconds on purpose: these are
+		// separate incidents, not a fight (TestE2EDoesNotFight covers that).
+		o.FightWindow = "1s"
 	}
 	if o.URL == "" && l != nil {
 		o.URL, o.Key = l.URL, l.Key

@@ -103,6 +103,8 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		MaxReplayAttempts: cfg.Heal.MaxReplayAttempts,
 		BackoffInitial:    cfg.Heal.BackoffInitial,
 		BackoffMax:        cfg.Heal.BackoffMax,
+		FightWindow:       cfg.Heal.FightWindow,
+		FreeRepairs:       cfg.Heal.FreeRepairs,
 	}, heal.Deps{Journal: j, Backend: be, Logger: log, Resync: p.fullBatch})
 	p.enf = enf
 

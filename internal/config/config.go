@@ -172,6 +172,12 @@ type HealConfig struct {
 	BackoffInitial time.Duration
 	// BackoffMax caps the wait between replays.
 	BackoffMax time.Duration
+	// FightWindow: drift that comes back sooner than this after a repair
+	// counts as another program undoing our work.
+	FightWindow time.Duration
+	// FreeRepairs is how many such quick repeats are repaired at once
+	// before repairs back off (from backoff_initial up to backoff_max).
+	FreeRepairs int
 }
 
 // Defaults. Upstream's are taken from its code (not its example file,
@@ -206,6 +212,8 @@ const (
 	defaultHealMaxReplays    = 5
 	defaultHealBackoffInit   = time.Second
 	defaultHealBackoffMax    = time.Minute
+	defaultHealFightWindow   = 10 * time.Second
+	defaultHealFreeRepairs   = 3
 	defaultOnShutdown        = OnShutdownRemove
 	defaultLogFormat         = LogFormatText
 	defaultRetryInitConnect  = true

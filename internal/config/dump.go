@@ -62,6 +62,8 @@ type dumpDoc struct {
 		MaxReplayAttempts int    `yaml:"max_replay_attempts"`
 		BackoffInitial    string `yaml:"backoff_initial"`
 		BackoffMax        string `yaml:"backoff_max"`
+		FightWindow       string `yaml:"fight_window"`
+		FreeRepairs       int    `yaml:"free_repairs"`
 	} `yaml:"heal"`
 }
 
@@ -100,6 +102,8 @@ func (c *Config) Dump(w io.Writer) error {
 	doc.Heal.MaxReplayAttempts = c.Heal.MaxReplayAttempts
 	doc.Heal.BackoffInitial = fmtDuration(c.Heal.BackoffInitial)
 	doc.Heal.BackoffMax = fmtDuration(c.Heal.BackoffMax)
+	doc.Heal.FightWindow = fmtDuration(c.Heal.FightWindow)
+	doc.Heal.FreeRepairs = c.Heal.FreeRepairs
 
 	enc := yaml.NewEncoder(w)
 	enc.SetIndent(2)

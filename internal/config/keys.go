@@ -28,7 +28,7 @@ var topKeys = []string{
 // sectionKeys are the keys of the nested sections Load reads.
 var sectionKeys = map[string][]string{
 	"prometheus": {"enabled", "listen_addr", "listen_port"},
-	"heal":       {"interval", "deep_interval", "max_replay_attempts", "backoff_initial", "backoff_max"},
+	"heal":       {"interval", "deep_interval", "max_replay_attempts", "backoff_initial", "backoff_max", "fight_window", "free_repairs"},
 }
 
 // ignoredKeys are upstream keys for its other modes, or deprecated ones it

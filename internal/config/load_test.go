@@ -127,7 +127,8 @@ func TestDefaults(t *testing.T) {
 		OnShutdown:         OnShutdownRemove,
 		FullResyncInterval: time.Hour,
 		Heal: HealConfig{Interval: time.Second, DeepInterval: 5 * time.Minute, MaxReplayAttempts: 5,
-			BackoffInitial: time.Second, BackoffMax: time.Minute},
+			BackoffInitial: time.Second, BackoffMax: time.Minute,
+			FightWindow: 10 * time.Second, FreeRepairs: 3},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)

@@ -302,6 +302,11 @@ func buildOurs(d *decoder, c *Config) {
 	}
 	h.BackoffInitial = positiveDuration(d, "heal.backoff_initial", defaultHealBackoffInit)
 	h.BackoffMax = positiveDuration(d, "heal.backoff_max", defaultHealBackoffMax)
+	h.FightWindow = positiveDuration(d, "heal.fight_window", defaultHealFightWindow)
+	h.FreeRepairs = d.integer("heal.free_repairs", defaultHealFreeRepairs)
+	if h.FreeRepairs <= 0 {
+		d.fail("heal.free_repairs", h.FreeRepairs, "%d must be positive", h.FreeRepairs)
+	}
 	if h.DeepInterval < h.Interval {
 		d.fail("heal.deep_interval", h.DeepInterval, "%s must be at least heal.interval (%s)",
 			fmtDuration(h.DeepInterval), fmtDuration(h.Interval))

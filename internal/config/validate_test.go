@@ -85,6 +85,8 @@ func TestBadValues(t *testing.T) {
 		{"heal", "{backoff_initial: 2m}", `heal.backoff_max: 1m must be at least heal.backoff_initial (2m)`},
 		{"heal", "{deep_interval: 100ms}", `heal.deep_interval: 100ms must be at least heal.interval (1s)`},
 		{"heal", "{backoff_max: soon}", `heal.backoff_max: "soon" is not a duration (use a unit, e.g. 10s, 5m, 1h)`},
+		{"heal", "{free_repairs: 0}", `heal.free_repairs: 0 must be positive`},
+		{"heal", "{fight_window: -1s}", `heal.fight_window: -1s must be positive`},
 		{"log_max_files", "4\nlog_max_backups: 5", `log_max_files: 4 conflicts with log_max_backups: 5; these keys are aliases, keep one`},
 	}
 	for _, tt := range tests {
