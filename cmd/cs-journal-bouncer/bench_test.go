@@ -72,11 +72,11 @@ func TestBenchStartup(t *testing.T) {
 	waitSetCount(t, b, n)
 	healed := time.Since(fault)
 	waitRule(t)
-	fmt.Printf("bench full wipe → %d bans enforced again: %v (upstream: never)\n", n, healed.Round(time.Millisecond))
+	fmt.Printf("bench full wipe at %s → %d bans enforced again: %v (upstream: never)\n", fault.UTC().Format("15:04:05.000"), n, healed.Round(time.Millisecond))
 	b.waitLog(t, "repaired drift", 5*time.Second)
 	for _, l := range strings.Split(b.out.String(), "\n") {
-		if strings.Contains(l, "repaired drift") {
-			fmt.Printf("bench repair log: %s\n", l)
+		if strings.Contains(l, "repair") || strings.Contains(l, "level=ERROR") {
+			fmt.Printf("bench repair log: %.400s\n", l)
 		}
 	}
 
@@ -95,6 +95,9 @@ func TestBenchStartup(t *testing.T) {
 	up.Store(false)
 	start = time.Now()
 	b2 := launch(t, cfg)
+	if os.Getenv("CSJB_BENCH_VERBOSE") != "" {
+		t.Cleanup(func() { fmt.Printf("bench restart log:\n%s\n", b2.out.String()) })
+	}
 	waitSetCount(t, b2, n)
 	warm := time.Since(start)
 	fmt.Printf("bench restart from journal, LAPI down → %d bans in the kernel: %v (%.2f× ipset restore)\n", n, warm.Round(time.Millisecond), warm.Seconds()/ref.Seconds())

@@ -189,7 +189,12 @@ func (e *Enforcer) Boot(ctx context.Context) error {
 	start := e.now()
 	n, err := e.ensureAndReplay(ctx)
 	if err != nil {
-		return fmt.Errorf("enforce journal at boot: %w", err)
+		// Same ladder as any repair: retries with backoff, then LAPI, then exit.
+		e.log.Error("enforcing the journal at boot failed, retrying", "err", err)
+		if err := e.repair(ctx, []string{"boot"}, []string{err.Error()}); err != nil {
+			return fmt.Errorf("enforce journal at boot: %w", err)
+		}
+		n = e.Health().LastRepairEntries
 	}
 	e.log.Info("journal enforced", "entries", n, "took", e.now().Sub(start).Round(time.Microsecond))
 	e.health.update(func(h *Health) { h.Enforcing = true })
@@ -253,14 +258,14 @@ func (e *Enforcer) apply(ctx context.Context, r request) error {
 		e.log.Warn("dropping delta pulled before the last full resync", "decisions", b.Len())
 		return nil
 	}
+	if b.Full {
+		return e.applyFull(ctx, b, r.pulledAt)
+	}
 	v := e.j.View()
 	ps := affected(v, b)
 	before := takeSnapshot(v, ps, e.kidx)
 	if err := e.j.Append(b); err != nil {
 		return fmt.Errorf("journal append of %d decisions: %w", b.Len(), err)
-	}
-	if b.Full {
-		e.lastFullPull = r.pulledAt
 	}
 	after := takeSnapshot(v, ps, e.kidx)
 	e.countsDirty = true
@@ -280,6 +285,24 @@ func (e *Enforcer) apply(ctx context.Context, r request) error {
 	e.noteLongBans(d.Add)
 	e.log.Debug("batch applied", "full", b.Full, "added", len(d.Add), "deleted", len(d.Del))
 	e.health.update(func(h *Health) { h.Enforcing = true; h.ActiveEntries = v.Len() })
+	return nil
+}
+
+// applyFull journals LAPI's whole active set and makes the kernel hold
+// exactly it. A replay (fill aside, swap) is cheaper in time and memory than
+// diffing 100k entries, and never drops enforcement while it runs.
+func (e *Enforcer) applyFull(ctx context.Context, b journal.Batch, pulledAt time.Time) error {
+	if err := e.j.Append(b); err != nil {
+		return fmt.Errorf("journal append of full set (%d decisions): %w", b.Len(), err)
+	}
+	e.lastFullPull = pulledAt
+	n, err := e.ensureAndReplay(ctx)
+	if err != nil {
+		e.log.Error("replay of full set failed", "err", err)
+		return e.repair(ctx, []string{"apply"}, []string{err.Error()})
+	}
+	e.log.Debug("full set applied", "entries", n)
+	e.health.update(func(h *Health) { h.Enforcing = true; h.ActiveEntries = e.j.View().Len() })
 	return nil
 }
 

@@ -445,3 +445,19 @@ func TestSingleSetSharedPrefix(t *testing.T) {
 		t.Fatalf("shared prefix counted twice: verify keeps repairing (%d replays)", got-replays)
 	}
 }
+
+func TestBootRetriesFailedReplay(t *testing.T) {
+	r := newRig(t, Config{MaxReplayAttempts: 3}, journal.Batch{New: []journal.Decision{ban("192.0.2.10/32", "crowdsec", time.Hour)}})
+	r.be.FailNext("Replay", 2)
+	if err := r.enf.Boot(context.Background()); err != nil {
+		t.Fatalf("boot gave up on a replay that succeeds on retry: %v", err)
+	}
+	if !r.has("crowdsec", "192.0.2.10/32") || len(r.sleeps) != 1 {
+		t.Fatalf("boot retry: sleeps %v\n%s", r.sleeps, r.be)
+	}
+	r2 := newRig(t, Config{MaxReplayAttempts: 2}, journal.Batch{New: []journal.Decision{ban("192.0.2.10/32", "crowdsec", time.Hour)}})
+	r2.be.FailNext("Replay", 100)
+	if err := r2.enf.Boot(context.Background()); !errors.Is(err, ErrReplayFailed) {
+		t.Fatalf("boot with a replay that never succeeds = %v, want ErrReplayFailed", err)
+	}
+}

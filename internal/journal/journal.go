@@ -133,7 +133,7 @@ func (j *Journal) Origins() map[string]int {
 // Append makes b durable (one bbolt transaction, fsync on commit) and then
 // applies it to the view. See AppendChanges.
 func (j *Journal) Append(b Batch) error {
-	_, err := j.AppendChanges(b)
+	_, err := j.append(b, false)
 	return err
 }
 
@@ -146,7 +146,11 @@ func (j *Journal) Append(b Batch) error {
 // error neither the file nor the view moved. An empty delta batch is not
 // written (LAPI polls return many). Decisions already expired at Now are
 // not inserted (and remove the key they would replace).
-func (j *Journal) AppendChanges(b Batch) (Changes, error) {
+func (j *Journal) AppendChanges(b Batch) (Changes, error) { return j.append(b, true) }
+
+// append is Append, listing the changes only when asked: a 100k full batch's
+// list costs more time and memory than the write itself.
+func (j *Journal) append(b Batch, list bool) (Changes, error) {
 	for i, d := range b.New {
 		if err := validPrefix(d.Prefix); err != nil {
 			return Changes{}, fmt.Errorf("journal append: new decision %d: %w: %w", i, ErrInvalidDecision, err)
@@ -168,9 +172,9 @@ func (j *Journal) AppendChanges(b Batch) (Changes, error) {
 		err error
 	)
 	if b.Full {
-		ch, err = j.appendFull(b, now)
+		ch, err = j.appendFull(b, now, list)
 	} else {
-		ch, err = j.appendDelta(b, now)
+		ch, err = j.appendDelta(b, now, list)
 	}
 	if err != nil {
 		return Changes{}, err
@@ -185,7 +189,7 @@ func (j *Journal) AppendChanges(b Batch) (Changes, error) {
 	return ch, nil
 }
 
-func (j *Journal) appendDelta(b Batch, now int64) (Changes, error) {
+func (j *Journal) appendDelta(b Batch, now int64, list bool) (Changes, error) {
 	data, err := encodeBatch(b)
 	if err != nil {
 		return Changes{}, fmt.Errorf("journal append: encode: %w", err)
@@ -216,6 +220,9 @@ func (j *Journal) appendDelta(b Batch, now int64) (Changes, error) {
 	for _, d := range b.New {
 		r := record{d.Prefix, untilMS(d.Until), d.Origin, d.Scenario, d.Type, d.Scope}
 		k, old, existed, inserted := v.upsert(r, now)
+		if !list {
+			continue
+		}
 		if existed && (!inserted || v.strs.list[old.origin] != d.Origin) {
 			ch.Removed = append(ch.Removed, v.decision(k, old))
 		}
@@ -226,7 +233,9 @@ func (j *Journal) appendDelta(b Batch, now int64) (Changes, error) {
 	for _, key := range b.Deleted {
 		if pk, ok := v.packKey(key); ok {
 			if old, ok := v.m[pk]; ok {
-				ch.Removed = append(ch.Removed, v.decision(pk, old))
+				if list {
+					ch.Removed = append(ch.Removed, v.decision(pk, old))
+				}
 				delete(v.m, pk)
 			}
 		}
@@ -234,7 +243,7 @@ func (j *Journal) appendDelta(b Batch, now int64) (Changes, error) {
 	return ch, nil
 }
 
-func (j *Journal) appendFull(b Batch, now int64) (Changes, error) {
+func (j *Journal) appendFull(b Batch, now int64, list bool) (Changes, error) {
 	v := j.view
 	// Build the new view aside; it shares (and so interns into) the string
 	// table, which readers use under v.mu.
@@ -264,6 +273,10 @@ func (j *Journal) appendFull(b Batch, now int64) (Changes, error) {
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if !list {
+		v.m, v.combos, v.minUntil = nv.m, nv.combos, nv.minUntil
+		return Changes{}, nil
+	}
 	ch := Changes{Added: make([]Decision, 0, len(nv.m))}
 	for k, old := range v.m {
 		if nw, ok := nv.m[k]; !ok || nw.origin != old.origin {

@@ -81,51 +81,156 @@ func Normalize(resp *models.DecisionsStreamResponse, opts NormalizeOptions, now 
 // NormalizeWithStats is Normalize that also reports what it skipped on
 // purpose, for metrics.
 func NormalizeWithStats(resp *models.DecisionsStreamResponse, opts NormalizeOptions, now time.Time) (journal.Batch, []Rejection, Stats) {
-	var (
-		b     journal.Batch
-		rej   []Rejection
-		stats Stats
-	)
 	if resp == nil {
-		return b, nil, stats
+		return journal.Batch{}, nil, Stats{}
 	}
-	n := &normalizer{opts: opts, now: now, stats: &stats, strs: make(map[string]string)}
-	if len(opts.Types) == 0 {
-		n.opts.Types = map[string]bool{"ban": true}
-	}
-	if len(resp.New) > 0 {
-		b.New = make([]journal.Decision, 0, len(resp.New))
-	}
+	n := newNormalizer(opts)
+	n.now = now
+	n.startList(false, len(resp.New))
 	for _, d := range resp.New {
-		dec, reason, keep := n.newDecision(d)
-		if reason != "" {
-			rej = append(rej, rejection(d, reason, false))
-		} else if keep {
-			b.New = append(b.New, dec)
-		}
+		n.addModel(d)
 	}
-	if len(resp.Deleted) > 0 {
-		b.Deleted = make([]journal.Key, 0, len(resp.Deleted))
-	}
+	n.startList(true, len(resp.Deleted))
 	for _, d := range resp.Deleted {
-		key, reason, keep := n.deletedKey(d)
-		if reason != "" {
-			rej = append(rej, rejection(d, reason, true))
-		} else if keep {
-			b.Deleted = append(b.Deleted, key)
-		}
+		n.addModel(d)
 	}
-	return b, rej, stats
+	return n.result()
+}
+
+// fields is one decision as the rules see it, whichever decoder produced it:
+// LAPI's model (addModel) or the streaming decoder's wire struct. Each
+// string remembers whether it was present, because the model's nil *string
+// (missing or null) and "" are rejected for different reasons. The json tags
+// serve the streaming decoder.
+type fields struct {
+	Duration jsonString `json:"duration"`
+	Origin   jsonString `json:"origin"`
+	Scenario jsonString `json:"scenario"`
+	Scope    jsonString `json:"scope"`
+	Type     jsonString `json:"type"`
+	Value    jsonString `json:"value"`
+	// Simulated: the model's nil and false mean the same to the rules.
+	Simulated jsonBool `json:"simulated"`
+}
+
+// addModel adapts one of LAPI's models to fields and adds it.
+func (n *normalizer) addModel(d *models.Decision) {
+	if d == nil {
+		n.add(nil)
+		return
+	}
+	f := fields{
+		Duration:  optString(d.Duration),
+		Origin:    optString(d.Origin),
+		Scenario:  optString(d.Scenario),
+		Scope:     optString(d.Scope),
+		Type:      optString(d.Type),
+		Value:     optString(d.Value),
+		Simulated: jsonBool(d.Simulated != nil && *d.Simulated),
+	}
+	n.add(&f)
+}
+
+func optString(p *string) jsonString {
+	if p == nil {
+		return jsonString{}
+	}
+	return jsonString{s: *p, ok: true}
 }
 
 // normalizer carries the per-batch state: options with defaults applied, the
-// receive time, counters, and the string interning table (a blocklist sends
-// 100k decisions with the same origin and scenario: keep one copy).
+// receive time, the results of each list, and the string interning table (a
+// blocklist sends 100k decisions with the same origin and scenario: keep one
+// copy).
 type normalizer struct {
-	opts  NormalizeOptions
-	now   time.Time
-	stats *Stats
-	strs  map[string]string
+	opts NormalizeOptions
+	now  time.Time
+	strs map[string]string
+
+	// Each list keeps its own rejections and counters so that the result
+	// does not depend on the order of the keys in the response (Normalize
+	// reports new before deleted; LAPI sends deleted first), and so that a
+	// repeated key replaces the earlier list as encoding/json does.
+	lists   [2]listResult
+	deleted bool // the list being filled: lists[1] when true
+	batch   journal.Batch
+}
+
+type listResult struct {
+	rej   []Rejection
+	stats Stats
+}
+
+func newNormalizer(opts NormalizeOptions) *normalizer {
+	n := &normalizer{opts: opts, strs: make(map[string]string)}
+	if len(opts.Types) == 0 {
+		n.opts.Types = map[string]bool{"ban": true}
+	}
+	return n
+}
+
+// startList (re)starts the new or deleted list, dropping what an earlier
+// list under the same key produced; sizeHint preallocates when known.
+func (n *normalizer) startList(deleted bool, sizeHint int) {
+	n.deleted = deleted
+	i := 0
+	if deleted {
+		i = 1
+		n.batch.Deleted = nil
+		if sizeHint > 0 {
+			n.batch.Deleted = make([]journal.Key, 0, sizeHint)
+		}
+	} else {
+		n.batch.New = nil
+		if sizeHint > 0 {
+			n.batch.New = make([]journal.Decision, 0, sizeHint)
+		}
+	}
+	n.lists[i] = listResult{}
+}
+
+func (n *normalizer) list() *listResult {
+	if n.deleted {
+		return &n.lists[1]
+	}
+	return &n.lists[0]
+}
+
+// add normalizes one decision of the current list into the batch; f == nil
+// is a null list element.
+func (n *normalizer) add(f *fields) {
+	if !n.deleted {
+		dec, reason, keep := n.newDecision(f)
+		if reason != "" {
+			n.reject(f, reason)
+		} else if keep {
+			n.batch.New = append(n.batch.New, dec)
+		}
+		return
+	}
+	key, reason, keep := n.deletedKey(f)
+	if reason != "" {
+		n.reject(f, reason)
+	} else if keep {
+		n.batch.Deleted = append(n.batch.Deleted, key)
+	}
+}
+
+func (n *normalizer) reject(f *fields, reason string) {
+	l := n.list()
+	l.rej = append(l.rej, rejection(f, reason, n.deleted))
+}
+
+// result returns the batch, new-list rejections before deleted-list ones,
+// and the summed counters.
+func (n *normalizer) result() (journal.Batch, []Rejection, Stats) {
+	rej := append(n.lists[0].rej, n.lists[1].rej...)
+	s0, s1 := n.lists[0].stats, n.lists[1].stats
+	return n.batch, rej, Stats{
+		SkippedSimulated: s0.SkippedSimulated + s1.SkippedSimulated,
+		SkippedType:      s0.SkippedType + s1.SkippedType,
+		SkippedFamily:    s0.SkippedFamily + s1.SkippedFamily,
+	}
 }
 
 func (n *normalizer) intern(s string) string {
@@ -138,46 +243,46 @@ func (n *normalizer) intern(s string) string {
 
 // common validates what new and deleted decisions share: identity fields and
 // the type filters. keep=false with reason "" means skipped on purpose.
-func (n *normalizer) common(d *models.Decision) (key journal.Key, reason string, keep bool) {
+func (n *normalizer) common(d *fields) (key journal.Key, reason string, keep bool) {
 	switch {
 	case d == nil:
 		return key, ReasonNil, false
-	case d.Value == nil:
+	case !d.Value.ok:
 		return key, ReasonMissingValue, false
-	case d.Scope == nil:
+	case !d.Scope.ok:
 		return key, ReasonMissingScope, false
-	case d.Type == nil:
+	case !d.Type.ok:
 		return key, ReasonMissingType, false
 	}
-	if (d.Simulated != nil && *d.Simulated) || strings.HasPrefix(*d.Type, simulationTypePrefix) {
-		n.stats.SkippedSimulated++
+	if bool(d.Simulated) || strings.HasPrefix(d.Type.s, simulationTypePrefix) {
+		n.list().stats.SkippedSimulated++
 		return key, "", false
 	}
-	if !n.opts.Types[*d.Type] {
-		n.stats.SkippedType++
+	if !n.opts.Types[d.Type.s] {
+		n.list().stats.SkippedType++
 		return key, "", false
 	}
 	var p netip.Prefix
 	switch {
-	case strings.EqualFold(*d.Scope, journal.ScopeIP):
+	case strings.EqualFold(d.Scope.s, journal.ScopeIP):
 		key.Scope = journal.ScopeIP
-		if p, reason = parseIP(*d.Value); reason != "" {
+		if p, reason = parseIP(d.Value.s); reason != "" {
 			return key, reason, false
 		}
-	case strings.EqualFold(*d.Scope, journal.ScopeRange):
+	case strings.EqualFold(d.Scope.s, journal.ScopeRange):
 		key.Scope = journal.ScopeRange
-		if p, reason = parseRange(*d.Value); reason != "" {
+		if p, reason = parseRange(d.Value.s); reason != "" {
 			return key, reason, false
 		}
 	default:
 		return key, ReasonBadScope, false
 	}
 	key.Prefix = p
-	key.Type = n.intern(*d.Type)
+	key.Type = n.intern(d.Type.s)
 	return key, "", true
 }
 
-func (n *normalizer) newDecision(d *models.Decision) (journal.Decision, string, bool) {
+func (n *normalizer) newDecision(d *fields) (journal.Decision, string, bool) {
 	var dec journal.Decision
 	key, reason, keep := n.common(d)
 	if reason != "" || !keep {
@@ -187,15 +292,15 @@ func (n *normalizer) newDecision(d *models.Decision) (journal.Decision, string, 
 		return dec, reason, false
 	}
 	switch {
-	case d.Origin == nil || *d.Origin == "":
+	case !d.Origin.ok || d.Origin.s == "":
 		// the origin picks the kernel set: without it there is nowhere to put the ban
 		return dec, ReasonMissingOrigin, false
-	case d.Scenario == nil:
+	case !d.Scenario.ok:
 		return dec, ReasonMissingScen, false
-	case d.Duration == nil:
+	case !d.Duration.ok:
 		return dec, ReasonMissingDur, false
 	}
-	dur, err := time.ParseDuration(*d.Duration)
+	dur, err := time.ParseDuration(d.Duration.s)
 	if err != nil {
 		return dec, ReasonBadDuration, false
 	}
@@ -205,8 +310,8 @@ func (n *normalizer) newDecision(d *models.Decision) (journal.Decision, string, 
 	return journal.Decision{
 		Prefix:   key.Prefix,
 		Until:    n.now.Add(dur),
-		Origin:   n.intern(*d.Origin),
-		Scenario: n.intern(*d.Scenario),
+		Origin:   n.intern(d.Origin.s),
+		Scenario: n.intern(d.Scenario.s),
 		Type:     key.Type,
 		Scope:    key.Scope,
 	}, "", true
@@ -214,13 +319,13 @@ func (n *normalizer) newDecision(d *models.Decision) (journal.Decision, string, 
 
 // deletedKey ignores duration (negative for deletes), origin and scenario:
 // deletes are per (scope, value, type).
-func (n *normalizer) deletedKey(d *models.Decision) (journal.Key, string, bool) {
+func (n *normalizer) deletedKey(d *fields) (journal.Key, string, bool) {
 	key, reason, keep := n.common(d)
 	if reason != "" || !keep {
 		return key, reason, false
 	}
 	if n.familyReason(key.Prefix) != "" {
-		n.stats.SkippedFamily++
+		n.list().stats.SkippedFamily++
 		return key, "", false
 	}
 	return key, "", true
@@ -271,21 +376,14 @@ func parseRange(s string) (netip.Prefix, string) {
 	return p.Masked(), ""
 }
 
-func rejection(d *models.Decision, reason string, deleted bool) Rejection {
+func rejection(d *fields, reason string, deleted bool) Rejection {
 	r := Rejection{Reason: reason, Deleted: deleted}
 	if d == nil {
 		return r
 	}
-	r.Value = deref(d.Value)
-	r.Scope = deref(d.Scope)
-	r.Type = deref(d.Type)
-	r.Origin = deref(d.Origin)
+	r.Value = d.Value.s
+	r.Scope = d.Scope.s
+	r.Type = d.Type.s
+	r.Origin = d.Origin.s
 	return r
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }

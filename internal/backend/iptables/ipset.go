@@ -307,7 +307,31 @@ func (s *nlSocket) simple(ctx context.Context, op string, cmd uint16, name strin
 }
 
 func (s *nlSocket) destroy(ctx context.Context, name string) error {
-	return s.simple(ctx, "destroy", ipsetCmdDestroy, name)
+	return retryBusy(ctx, func() error { return s.simple(ctx, "destroy", ipsetCmdDestroy, name) })
+}
+
+// retryBusy retries op while the kernel answers EBUSY because another
+// process is dumping the set (`ipset list` holds a reference for the length
+// of its dump, and swap and destroy refuse meanwhile). A set still
+// referenced by a rule stays busy: after about a second the error is returned.
+func retryBusy(ctx context.Context, op func() error) error {
+	wait := time.Millisecond
+	deadline := time.Now().Add(time.Second)
+	for {
+		err := op()
+		var ke *KernelError
+		if err == nil || !errors.As(err, &ke) || ke.Errno != int32(unix.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, 5*time.Millisecond)
+	}
 }
 
 func (s *nlSocket) flush(ctx context.Context, name string) error {
@@ -315,10 +339,12 @@ func (s *nlSocket) flush(ctx context.Context, name string) error {
 }
 
 func (s *nlSocket) swap(ctx context.Context, a, b string) error {
-	m := ipsetMsg(ipsetCmdSwap, flagsAck, a)
-	m.str(attrSetName2, b)
-	_, err := s.do(ctx, "swap", a+" "+b, m)
-	return err
+	return retryBusy(ctx, func() error {
+		m := ipsetMsg(ipsetCmdSwap, flagsAck, a)
+		m.str(attrSetName2, b)
+		_, err := s.do(ctx, "swap", a+" "+b, m)
+		return err
+	})
 }
 
 // maxRevision asks the kernel for the newest revision of a set type.

@@ -529,3 +529,42 @@ func TestBenchReplay(t *testing.T) {
 
 // benchDisabled keeps the benchmark out of ordinary test runs.
 func benchDisabled() bool { return os.Getenv("CSJB_BENCH") != "1" }
+
+// Another process listing our sets (monitoring, an admin's `ipset list`)
+// holds a reference for the length of its dump; swap and destroy answer EBUSY
+// meanwhile. Replays must ride that out, not fail.
+func TestKernelReplayWhileListed(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
+	entries := v4Entries(50000, time.Hour)
+	if err := b.Replay(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			_ = exec.Command("ipset", "list", "crowdsec-blacklists-0").Run()
+			n++
+		}
+	}()
+	for i := range 15 {
+		if err := b.Replay(ctx, entries); err != nil {
+			close(stop)
+			<-done
+			t.Fatalf("replay %d while the set is being listed: %v", i, err)
+		}
+	}
+	close(stop)
+	t.Logf("%d concurrent listings", <-done)
+}

@@ -1,0 +1,319 @@
+package lapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
+)
+
+// errNotObject is returned (wrapped) when the stream response is valid JSON
+// but not an object, which the model decoder rejects too.
+var errNotObject = errors.New("decisions stream response is not a JSON object")
+
+// errAbandoned stops apiclient's body copy when PullBatch no longer reads it.
+var errAbandoned = errors.New("decisions stream abandoned by the decoder")
+
+// maxTrailing bounds what PullBatch drains after the response object (LAPI
+// sends at most a newline) so the connection can go back to the pool.
+const maxTrailing = 64 << 10
+
+// PullBatch is Pull followed by NormalizeWithStats, without the model: it
+// decodes the response as it streams in and normalizes each decision at
+// once, so a 100k-decision startup response never exists as 100k
+// *models.Decision. The result is what Pull+NormalizeWithStats would give,
+// with Batch.Full set to startup. Until is measured from now(), called once
+// when the first bytes of the body arrive (nil means time.Now). Any transport,
+// HTTP status or JSON error fails the whole pull: a truncated body must not
+// look like a smaller active set. Requests and failures are counted as Pull
+// counts them.
+func (c *Client) PullBatch(ctx context.Context, startup bool, opts NormalizeOptions, now func() time.Time) (journal.Batch, []Rejection, Stats, error) {
+	if now == nil {
+		now = time.Now
+	}
+	c.requests.Add(1)
+	b, rej, stats, err := c.pullBatch(ctx, startup, opts, now)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.failures.Add(1)
+		}
+		return journal.Batch{}, nil, Stats{}, fmt.Errorf("pull decisions stream (startup=%v): %w", startup, err)
+	}
+	b.Full = startup
+	return b, rej, stats, nil
+}
+
+func (c *Client) pullBatch(ctx context.Context, startup bool, opts NormalizeOptions, now func() time.Time) (journal.Batch, []Rejection, Stats, error) {
+	if c.api.URLPrefix == "v3" {
+		// GetStream decodes CAPI's grouped v3 format there; go-cs-bouncer
+		// always builds a v1 client, so this is a programming error.
+		return journal.Batch{}, nil, Stats{}, errors.New("streaming decode supports LAPI v1 only")
+	}
+	// Our own cancel stops a Do that is blocked reading the body when the
+	// decoder gives up, so that no goroutine outlives the call.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := c.api.PrepareRequest(ctx, http.MethodGet, c.streamURL(startup), nil)
+	if err != nil {
+		return journal.Batch{}, nil, Stats{}, fmt.Errorf("prepare request: %w", err)
+	}
+
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		// Do runs CheckResponse before copying: an HTTP error closes the
+		// pipe with that error before any byte, and the decoder reports it.
+		_, err := c.api.Do(ctx, req, pw)
+		pw.CloseWithError(err) // nil: a clean EOF
+		done <- err
+	}()
+
+	n := newNormalizer(opts)
+	src := &clockReader{r: pr, now: now, n: n}
+	err = n.decodeStream(json.NewDecoder(src))
+	if err == nil {
+		// Let the rest of the body through so Do returns with the body
+		// read to its end; an error there cannot undo a complete object
+		// (Pull ignores what follows the object too).
+		_, _ = io.Copy(io.Discard, io.LimitReader(pr, maxTrailing))
+	} else {
+		cancel()
+	}
+	pr.CloseWithError(errAbandoned)
+	<-done
+	if err != nil {
+		if src.err != nil {
+			// Do failed (status, transport, truncation): its error, as
+			// Pull would return it, is the cause.
+			return journal.Batch{}, nil, Stats{}, src.err
+		}
+		return journal.Batch{}, nil, Stats{}, fmt.Errorf("decode decisions stream: %w", err)
+	}
+	b, rej, stats := n.result()
+	return b, rej, stats, nil
+}
+
+// streamURL builds the same path and query as apiclient's GetStream
+// (DecisionsStreamOpts.addQueryParamsToURL is unexported): false bools
+// except community_pull/additional_pull, which are sent only when false,
+// and empty strings are left out.
+func (c *Client) streamURL(startup bool) string {
+	o := c.opts
+	q := url.Values{}
+	if startup {
+		q.Set("startup", "true")
+	}
+	if !o.CommunityPull {
+		q.Set("community_pull", "false")
+	}
+	if !o.AdditionalPull {
+		q.Set("additional_pull", "false")
+	}
+	for k, v := range map[string]string{
+		"scopes":                   o.Scopes,
+		"scenarios_containing":     o.ScenariosContaining,
+		"scenarios_not_containing": o.ScenariosNotContaining,
+		"origins":                  o.Origins,
+	} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	return c.api.URLPrefix + "/decisions/stream?" + q.Encode()
+}
+
+// clockReader takes the receive time when the first body bytes arrive and
+// remembers a failure of the source (Do's error through the pipe), to tell
+// it from a JSON error.
+type clockReader struct {
+	r       io.Reader
+	now     func() time.Time
+	n       *normalizer
+	started bool
+	err     error
+}
+
+func (c *clockReader) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	if !c.started && k > 0 {
+		c.started = true
+		c.n.now = c.now()
+	}
+	if err != nil && err != io.EOF {
+		c.err = err
+	}
+	return k, err
+}
+
+// decodeStream walks the top-level object token by token and decodes list
+// elements one at a time, with encoding/json's rules for what
+// json.Decode into models.DecisionsStreamResponse accepts: keys match
+// case-insensitively, unknown keys are ignored, null lists are empty, a
+// repeated key replaces the earlier list, an empty body or a top-level null
+// is an empty response, and nothing after the object is read.
+func (n *normalizer) decodeStream(dec *json.Decoder) error {
+	tok, err := dec.Token()
+	switch {
+	case err == io.EOF:
+		return nil
+	case err != nil:
+		return err
+	case tok == nil:
+		return nil
+	case tok != json.Delim('{'):
+		return fmt.Errorf("%w: starts with %v", errNotObject, tok)
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return unexpectedEOF(err)
+		}
+		key, _ := tok.(string) // object keys are always strings
+		switch {
+		case strings.EqualFold(key, "new"):
+			err = n.decodeList(dec, false)
+		case strings.EqualFold(key, "deleted"):
+			err = n.decodeList(dec, true)
+		default:
+			err = dec.Decode(&skipValue{})
+		}
+		if err != nil {
+			return unexpectedEOF(err)
+		}
+	}
+	// the closing brace: a body that ends before it is truncated
+	if _, err := dec.Token(); err != nil {
+		return unexpectedEOF(err)
+	}
+	return nil
+}
+
+// decodeList decodes one list into the normalizer through a single reused
+// wire struct.
+func (n *normalizer) decodeList(dec *json.Decoder, deleted bool) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	n.startList(deleted, 0)
+	switch {
+	case tok == nil:
+		return nil
+	case tok != json.Delim('['):
+		return fmt.Errorf("decisions list is not an array: starts with %v", tok)
+	}
+	var w wireDecision
+	for dec.More() {
+		w = wireDecision{} // a field missing from this element reads as missing
+		// Decoding into a non-nil pointer fills w; a null element sets
+		// p to nil, which is the model's nil decision.
+		p := &w
+		if err := dec.Decode(&p); err != nil {
+			return err
+		}
+		if p == nil {
+			n.add(nil)
+		} else {
+			n.add(&w.fields)
+		}
+	}
+	_, err = dec.Token() // the closing bracket
+	return err
+}
+
+func unexpectedEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// wireDecision has every field of models.Decision, so that a value of the
+// wrong JSON type fails here exactly when it fails the model decoder; only
+// fields are kept.
+type wireDecision struct {
+	fields
+	ID    int64       `json:"id"`
+	UUID  checkString `json:"uuid"`
+	Until checkString `json:"until"`
+}
+
+// jsonString is a string field that knows whether it was present and not
+// null: the model's non-nil *string.
+type jsonString struct {
+	s  string
+	ok bool
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (j *jsonString) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*j = jsonString{}
+		return nil
+	}
+	if len(b) >= 2 && b[0] == '"' && plainASCII(b[1:len(b)-1]) {
+		// the common case: no escapes, nothing for UTF-8 repair to do
+		*j = jsonString{s: string(b[1 : len(b)-1]), ok: true}
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	*j = jsonString{s: s, ok: true}
+	return nil
+}
+
+func plainASCII(b []byte) bool {
+	for _, c := range b {
+		if c == '\\' || c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// jsonBool is the model's *bool where nil and false mean the same, with
+// null resetting an earlier true as it resets the model's pointer.
+type jsonBool bool
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (j *jsonBool) UnmarshalJSON(b []byte) error {
+	switch string(b) {
+	case "null", "false":
+		*j = false
+	case "true":
+		*j = true
+	default:
+		var v bool
+		return json.Unmarshal(b, &v) // the model's type error
+	}
+	return nil
+}
+
+// checkString accepts what a string field of the model accepts, and keeps
+// nothing.
+type checkString struct{}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (*checkString) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		return nil // the decoder has already checked the syntax
+	}
+	var s string
+	return json.Unmarshal(b, &s)
+}
+
+// skipValue consumes a value of any type without keeping it.
+type skipValue struct{}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (*skipValue) UnmarshalJSON([]byte) error { return nil }
