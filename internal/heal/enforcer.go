@@ -13,6 +13,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
@@ -87,6 +88,9 @@ type Deps struct {
 	// Resync pulls LAPI's full active set (startup=true), for the third rung
 	// of the repair ladder. Nil when there is no LAPI.
 	Resync func(ctx context.Context) (journal.Batch, error)
+	// OnRepair, if set, is called after each successful repair (for the
+	// repair-duration histogram); it runs in the loop and must not block.
+	OnRepair func(kinds []string, took time.Duration, entries int)
 }
 
 // Enforcer is the single owner of the journal view and the backend.
@@ -100,8 +104,15 @@ type Enforcer struct {
 	tick <-chan time.Time
 	sync func(ctx context.Context) (journal.Batch, error)
 
-	reqs   chan request
-	health healthBox
+	reqs     chan request
+	calls    chan call
+	health   healthBox
+	onRepair func(kinds []string, took time.Duration, entries int)
+	// heartbeat is the wall time (UnixNano) of the loop's last iteration,
+	// for the systemd watchdog; pending is when the batch now waiting for
+	// the loop was handed over (0: none), for /health.
+	heartbeat atomic.Int64
+	pending   atomic.Int64
 
 	// Owned by the Run goroutine.
 	counts       expectedCounts
@@ -118,6 +129,12 @@ type Enforcer struct {
 	kidx originIndex
 }
 
+// call runs a function inside the loop, serialized with batches and repairs.
+type call struct {
+	fn   func(ctx context.Context)
+	done chan struct{}
+}
+
 type request struct {
 	batch    journal.Batch
 	pulledAt time.Time
@@ -127,16 +144,18 @@ type request struct {
 // New wires an enforcer; call Boot, then Run.
 func New(cfg Config, d Deps) *Enforcer {
 	e := &Enforcer{
-		cfg:     cfg.withDefaults(),
-		j:       d.Journal,
-		be:      d.Backend,
-		log:     d.Logger.With("component", "heal"),
-		now:     d.Now,
-		slp:     d.Sleep,
-		tick:    d.Ticks,
-		sync:    d.Resync,
-		reqs:    make(chan request),
-		ensured: map[int]bool{},
+		cfg:      cfg.withDefaults(),
+		j:        d.Journal,
+		be:       d.Backend,
+		log:      d.Logger.With("component", "heal"),
+		now:      d.Now,
+		slp:      d.Sleep,
+		tick:     d.Ticks,
+		sync:     d.Resync,
+		reqs:     make(chan request),
+		calls:    make(chan call),
+		ensured:  map[int]bool{},
+		onRepair: d.OnRepair,
 	}
 	if e.now == nil {
 		e.now = time.Now
@@ -163,6 +182,56 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// Heartbeat returns when the loop last went round (zero before Run): the
+// systemd watchdog is only fed while this stays fresh. Safe from any goroutine.
+func (e *Enforcer) Heartbeat() time.Time {
+	if n := e.heartbeat.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// PendingSince returns when the batch now waiting for the loop was handed
+// over, or zero when none waits. Safe from any goroutine.
+func (e *Enforcer) PendingSince() time.Time {
+	if n := e.pending.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// Do runs fn inside the loop, serialized with batches and repairs, and waits
+// for it: the way for other goroutines (the admin socket, `check`) to read
+// the journal view and the kernel consistently.
+func (e *Enforcer) Do(ctx context.Context, fn func(ctx context.Context)) error {
+	c := call{fn: fn, done: make(chan struct{})}
+	select {
+	case e.calls <- c:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-c.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Check compares the kernel with the journal view once, fast and deep
+// checks together, without repairing: the drift report of `check`. It must
+// be called while Run is running.
+func (e *Enforcer) Check(ctx context.Context) (backend.Drift, error) {
+	var (
+		d   backend.Drift
+		err error
+	)
+	if derr := e.Do(ctx, func(ctx context.Context) { d, err = e.check(ctx) }); derr != nil {
+		return d, derr
+	}
+	return d, err
 }
 
 // Health returns a snapshot of the loop's state; safe from any goroutine.
@@ -206,9 +275,11 @@ func (e *Enforcer) Boot(ctx context.Context) error {
 // pulled before the last applied full resync is stale and dropped.
 func (e *Enforcer) Submit(ctx context.Context, b journal.Batch, pulledAt time.Time) error {
 	r := request{batch: b, pulledAt: pulledAt, done: make(chan error, 1)}
+	e.pending.CompareAndSwap(0, time.Now().UnixNano())
 	select {
 	case e.reqs <- r:
 	case <-ctx.Done():
+		e.pending.Store(0)
 		return ctx.Err()
 	}
 	select {
@@ -229,15 +300,20 @@ func (e *Enforcer) Run(ctx context.Context) error {
 	}
 	e.lastDeep = e.now()
 	for {
+		e.heartbeat.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case r := <-e.reqs:
 			err := e.apply(ctx, r)
+			e.pending.Store(0)
 			r.done <- err
 			if err != nil {
 				return err
 			}
+		case c := <-e.calls:
+			c.fn(ctx)
+			close(c.done)
 		case <-e.tick:
 			if err := e.pass(ctx); err != nil {
 				return err

@@ -461,3 +461,34 @@ func TestBootRetriesFailedReplay(t *testing.T) {
 		t.Fatalf("boot with a replay that never succeeds = %v, want ErrReplayFailed", err)
 	}
 }
+
+func TestCheckReportsWithoutRepairing(t *testing.T) {
+	var repaired []string
+	r := newRig(t, Config{}, journal.Batch{New: []journal.Decision{ban("192.0.2.10/32", "crowdsec", time.Hour), ban("192.0.2.11/32", "crowdsec", time.Hour)}})
+	r.enf.onRepair = func(kinds []string, _ time.Duration, _ int) { repaired = append(repaired, kinds...) }
+	r.start()
+	if d, err := r.enf.Check(context.Background()); err != nil || !d.None() {
+		t.Fatalf("clean Check = %+v, %v", d, err)
+	}
+	o, _ := r.j.OriginIndex("crowdsec")
+	r.be.RemoveMember(backend.SetKey{Origin: o}, netip.MustParsePrefix("192.0.2.11/32"))
+	r.be.AddMember(backend.SetKey{Origin: o}, netip.MustParsePrefix("203.0.113.99/32"), t0.Add(time.Hour))
+	d, err := r.enf.Check(context.Background())
+	if err != nil || len(d.Kinds) != 2 || d.Kinds[0] != "member" {
+		t.Fatalf("Check after a swapped member = %+v, %v", d, err)
+	}
+	if r.has("crowdsec", "192.0.2.11/32") {
+		t.Fatal("Check repaired")
+	}
+	if hb := r.enf.Heartbeat(); hb.IsZero() {
+		t.Fatal("no heartbeat from a running loop")
+	}
+	if !r.enf.PendingSince().IsZero() {
+		t.Fatal("a batch reported pending while none waits")
+	}
+	r.be.Wipe()
+	r.tick()
+	if len(repaired) == 0 {
+		t.Fatal("OnRepair not called")
+	}
+}

@@ -119,6 +119,9 @@ func (e *Enforcer) repaired(start time.Time, kinds, details []string, n, attempt
 	e.log.Warn("repaired drift", "drift", strings.Join(kinds, ","), "details", strings.Join(details, "; "),
 		"replayed", n, "attempts", attempts, "took", took.Round(time.Microsecond))
 	uniq := slices.Compact(slices.Sorted(slices.Values(kinds)))
+	if e.onRepair != nil {
+		e.onRepair(uniq, took, n)
+	}
 	e.health.update(func(h *Health) {
 		h.LastRepair, h.LastRepairDrift, h.LastRepairTook, h.LastRepairEntries = end, uniq, took, n
 		h.Repairs++
@@ -141,31 +144,7 @@ func (e *Enforcer) deepVerify(ctx context.Context, now time.Time) error {
 	if err != nil {
 		return e.repair(ctx, []string{"verify"}, []string{"deep verify: " + err.Error()})
 	}
-	have := make(map[backend.SetKey]map[netip.Prefix]struct{}, len(got))
-	for k, ps := range got {
-		m := make(map[netip.Prefix]struct{}, len(ps))
-		for _, p := range ps {
-			m[p] = struct{}{}
-		}
-		have[k] = m
-	}
-	var d backend.Delta
-	cut := now.Add(e.cfg.ExpireSlack)
-	for _, en := range activeEntries(e.j.View(), now, e.kidx) {
-		k := backend.SetKey{Origin: en.Origin, V6: en.Prefix.Addr().Is6()}
-		if _, ok := have[k][en.Prefix]; ok {
-			delete(have[k], en.Prefix)
-			continue
-		}
-		if en.Until.After(cut) {
-			d.Add = append(d.Add, en)
-		}
-	}
-	for k, rest := range have {
-		for p := range rest {
-			d.Del = append(d.Del, backend.Entry{Prefix: p, Origin: k.Origin})
-		}
-	}
+	d := e.memberDelta(got, now)
 	if d.Empty() {
 		return nil
 	}
@@ -229,4 +208,60 @@ func (e *Enforcer) Close(ctx context.Context, keep bool) error {
 		return fmt.Errorf("close backend (keep=%v): %w", keep, err)
 	}
 	return nil
+}
+
+// memberDelta compares set members with the view: entries to put back (Add)
+// and members we do not want (Del).
+func (e *Enforcer) memberDelta(got map[backend.SetKey][]netip.Prefix, now time.Time) backend.Delta {
+	have := make(map[backend.SetKey]map[netip.Prefix]struct{}, len(got))
+	for k, ps := range got {
+		m := make(map[netip.Prefix]struct{}, len(ps))
+		for _, p := range ps {
+			m[p] = struct{}{}
+		}
+		have[k] = m
+	}
+	var d backend.Delta
+	cut := now.Add(e.cfg.ExpireSlack)
+	for _, en := range activeEntries(e.j.View(), now, e.kidx) {
+		k := backend.SetKey{Origin: en.Origin, V6: en.Prefix.Addr().Is6()}
+		if _, ok := have[k][en.Prefix]; ok {
+			delete(have[k], en.Prefix)
+			continue
+		}
+		if en.Until.After(cut) {
+			d.Add = append(d.Add, en)
+		}
+	}
+	for k, rest := range have {
+		for p := range rest {
+			d.Del = append(d.Del, backend.Entry{Prefix: p, Origin: k.Origin})
+		}
+	}
+	return d
+}
+
+// check is Check inside the loop: Verify, then the member comparison.
+func (e *Enforcer) check(ctx context.Context) (backend.Drift, error) {
+	now := e.now()
+	if e.countsDirty {
+		e.rebuildCounts(now)
+	}
+	want := e.counts.want(now, e.cfg.ExpireSlack)
+	d, err := e.be.Verify(ctx, want)
+	if err != nil {
+		return d, err
+	}
+	got, err := e.be.Members(ctx)
+	if err != nil {
+		return d, err
+	}
+	md := e.memberDelta(got, now)
+	for _, en := range md.Add {
+		d.Add("member", fmt.Sprintf("%s (origin set %d) missing from the kernel", en.Prefix, en.Origin))
+	}
+	for _, en := range md.Del {
+		d.Add("member", fmt.Sprintf("%s (origin set %d) in the kernel but not in the journal", en.Prefix, en.Origin))
+	}
+	return d, nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // errCorrupt marks a journal that cannot be trusted: Open moves it aside.
@@ -135,7 +136,7 @@ func openDB(path string, timeout time.Duration) (db *bolt.DB, err error) {
 	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 	switch {
 	case err == nil:
-	case errors.Is(err, bolt.ErrTimeout):
+	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("journal %s: %w", path, ErrLocked)
 	case isEnvError(err):
 		return nil, fmt.Errorf("journal open %s: %w", path, err)

@@ -3,10 +3,16 @@ package lapi
 import (
 	"encoding/json"
 	"fmt"
+	"net/http/httptest"
+	"runtime"
+	"runtime/metrics"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/crowdsecurity/crowdsec/pkg/models"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 )
 
 // BenchmarkNormalize100k normalizes a blocklist-sized startup response:
@@ -33,4 +39,123 @@ func BenchmarkNormalize100k(b *testing.B) {
 			b.Fatalf("kept %d rejected %d", len(batch.New), len(rej))
 		}
 	}
+}
+
+// benchBody is a startup response of n Ip bans in 198.18.0.0/15, shaped like
+// LAPI's (deleted first, null).
+func benchBody(n int) string {
+	var sb strings.Builder
+	sb.WriteString(`{"deleted":null,"new":[`)
+	for i := range n {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		fmt.Fprintf(&sb, `{"duration":"23h59m58.%09ds","id":%d,"origin":"lists","scenario":"lists:firehol_level1","scope":"Ip","type":"ban","value":"198.%d.%d.%d"}`,
+			i, i+1, 18+i/65536, (i/256)%256, i%256)
+	}
+	sb.WriteString(`]}`)
+	return sb.String()
+}
+
+// pullBench runs pull against a local LAPI stand-in serving 100k bans. It
+// first measures one pull alone, untimed: peak-heap-MB is the largest heap
+// in use (HeapInuse, sampled) above the level before the pull, retained-MB
+// what the result keeps after a GC. Then it times pulls as usual.
+func pullBench(b *testing.B, pull func(*Client) (int, error)) {
+	const n = 100_000
+	srv := httptest.NewServer(&bodyLAPI{body: benchBody(n)})
+	defer srv.Close()
+	c, err := NewClient(ClientConfig{APIURL: srv.URL, APIKey: testKey}, discardLogger())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if got, err := pull(c); err != nil || got != n {
+		b.Fatalf("warm-up pull: %d decisions, %v", got, err)
+	}
+	peak, retained := measurePull(b, func() any {
+		got, err := pull(c)
+		if err != nil || got != n {
+			b.Fatalf("pull: %d decisions, %v", got, err)
+		}
+		return got
+	})
+	b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MB")
+	b.ReportMetric(float64(retained)/(1<<20), "retained-MB")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if got, err := pull(c); err != nil || got != n {
+			b.Fatalf("pull: %d decisions, %v", got, err)
+		}
+	}
+}
+
+var benchKeep any
+
+func measurePull(b *testing.B, f func() any) (peak, retained uint64) {
+	samples := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+	}
+	inuse := func() uint64 {
+		metrics.Read(samples)
+		return samples[0].Value.Uint64() + samples[1].Value.Uint64()
+	}
+	runtime.GC()
+	base := inuse()
+	stop, done := make(chan struct{}), make(chan uint64)
+	go func() {
+		var max uint64
+		t := time.NewTicker(200 * time.Microsecond)
+		defer t.Stop()
+		for {
+			if v := inuse(); v > max {
+				max = v
+			}
+			select {
+			case <-stop:
+				done <- max
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	benchKeep = f()
+	close(stop)
+	max := <-done
+	runtime.GC()
+	after := inuse()
+	benchKeep = nil
+	if max > base {
+		peak = max - base
+	}
+	if after > base {
+		retained = after - base
+	}
+	b.Logf("heap in use before %d MB, peak %d MB, after GC %d MB", base>>20, max>>20, after>>20)
+	return peak, retained
+}
+
+// BenchmarkPullNormalize100k is the model path: Pull decodes the whole
+// response into *models.Decision, then Normalize.
+func BenchmarkPullNormalize100k(b *testing.B) {
+	var keep journal.Batch
+	pullBench(b, func(c *Client) (int, error) {
+		resp, err := c.Pull(b.Context(), true)
+		if err != nil {
+			return 0, err
+		}
+		keep, _ = Normalize(resp, NormalizeOptions{}, time.Now())
+		return len(keep.New), nil
+	})
+}
+
+// BenchmarkPullBatch100k is the streaming path the daemon uses.
+func BenchmarkPullBatch100k(b *testing.B) {
+	var keep journal.Batch
+	pullBench(b, func(c *Client) (int, error) {
+		var err error
+		keep, _, _, err = c.PullBatch(b.Context(), true, NormalizeOptions{}, nil)
+		return len(keep.New), err
+	})
 }

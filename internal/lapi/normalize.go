@@ -189,6 +189,16 @@ func (n *normalizer) startList(deleted bool, sizeHint int) {
 	n.lists[i] = listResult{}
 }
 
+// listStarted makes the current list non-nil when the decoder does not know
+// its size, as startList does when it does.
+func (n *normalizer) listStarted() {
+	if n.deleted && n.batch.Deleted == nil {
+		n.batch.Deleted = []journal.Key{}
+	} else if !n.deleted && n.batch.New == nil {
+		n.batch.New = []journal.Decision{}
+	}
+}
+
 func (n *normalizer) list() *listResult {
 	if n.deleted {
 		return &n.lists[1]

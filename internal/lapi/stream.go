@@ -158,7 +158,10 @@ func (c *clockReader) Read(p []byte) (int, error) {
 // json.Decode into models.DecisionsStreamResponse accepts: keys match
 // case-insensitively, unknown keys are ignored, null lists are empty, a
 // repeated key replaces the earlier list, an empty body or a top-level null
-// is an empty response, and nothing after the object is read.
+// is an empty response, and nothing after the object is read. One quirk is
+// not copied: for a repeated key encoding/json merges the later list's
+// objects into the earlier list's, where PullBatch starts the list afresh
+// (LAPI never repeats a key).
 func (n *normalizer) decodeStream(dec *json.Decoder) error {
 	tok, err := dec.Token()
 	switch {
@@ -211,7 +214,10 @@ func (n *normalizer) decodeList(dec *json.Decoder, deleted bool) error {
 		return fmt.Errorf("decisions list is not an array: starts with %v", tok)
 	}
 	var w wireDecision
-	for dec.More() {
+	for i := 0; dec.More(); i++ {
+		if i == 0 {
+			n.listStarted() // a non-empty list is never nil, as in Normalize
+		}
 		w = wireDecision{} // a field missing from this element reads as missing
 		// Decoding into a non-nil pointer fills w; a null element sets
 		// p to nil, which is the model's nil decision.

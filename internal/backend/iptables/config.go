@@ -227,7 +227,7 @@ func validChain(s string) error {
 		return fmt.Errorf("longer than %d characters", maxChainName)
 	}
 	if strings.HasPrefix(s, "-") || strings.HasPrefix(s, "!") {
-		return errors.New("must not start with - or !")
+		return errors.New("must not start with a dash or an exclamation mark")
 	}
 	return nil
 }
