@@ -234,6 +234,13 @@ func (e *Enforcer) Check(ctx context.Context) (backend.Drift, error) {
 	return d, err
 }
 
+// CheckOffline is Check for a process that does not run the loop (the
+// `check` command when no daemon is running): it reads the kernel and the
+// journal directly. Never call it while Run is running.
+func (e *Enforcer) CheckOffline(ctx context.Context) (backend.Drift, error) {
+	return e.check(ctx)
+}
+
 // Health returns a snapshot of the loop's state; safe from any goroutine.
 func (e *Enforcer) Health() Health { return e.health.get() }
 
