@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
@@ -30,6 +31,33 @@ type puller struct {
 	fullEvery   time.Duration
 	retryBoot   bool
 	emptyAtBoot bool
+	rejected    counts
+}
+
+// counts is a goroutine-safe counter by key (rejections by reason, read by
+// the metrics scrape).
+type counts struct {
+	mu sync.Mutex
+	m  map[string]uint64
+}
+
+func (c *counts) add(k string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]uint64{}
+	}
+	c.m[k]++
+}
+
+func (c *counts) snapshot() map[string]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]uint64, len(c.m))
+	for k, v := range c.m {
+		out[k] = v
+	}
+	return out
 }
 
 func (p *puller) run(ctx context.Context) error {
@@ -98,22 +126,37 @@ func (p *puller) pull(ctx context.Context, full bool) error {
 	return nil
 }
 
+// pullTimeout bounds one pull: the API client has no timeout of its own.
+// A startup pull of 100k decisions takes about a second on a local LAPI.
+const pullTimeout = 2 * time.Minute
+
+// resyncTimeout bounds the heal ladder's resync, which runs inside the
+// enforcer loop: it must stay well under the systemd watchdog (30s), which
+// stops being fed while the loop is busy.
+const resyncTimeout = 15 * time.Second
+
 func (p *puller) batch(ctx context.Context, full bool) (journal.Batch, error) {
-	resp, err := p.client.Pull(ctx, full)
+	return p.batchWithin(ctx, full, pullTimeout)
+}
+
+func (p *puller) batchWithin(ctx context.Context, full bool, timeout time.Duration) (journal.Batch, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	// Decoded as it streams in: 100k decisions never exist as API models.
+	b, rejected, _, err := p.client.PullBatch(ctx, full, p.norm, time.Now)
 	if err != nil {
 		return journal.Batch{}, err
 	}
-	b, rejected := lapi.Normalize(resp, p.norm, time.Now())
-	b.Full = full
 	for _, r := range rejected {
 		p.log.Warn("rejected decision", "value", r.Value, "scope", r.Scope, "type", r.Type, "origin", r.Origin, "reason", r.Reason)
+		p.rejected.add(r.Reason)
 	}
 	return b, nil
 }
 
 // fullBatch is the heal ladder's resync: LAPI's whole active set.
 func (p *puller) fullBatch(ctx context.Context) (journal.Batch, error) {
-	return p.batch(ctx, true)
+	return p.batchWithin(ctx, true, resyncTimeout)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

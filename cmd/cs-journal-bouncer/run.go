@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
+	"strconv"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sync/errgroup"
 	"gopkg.in/natefinch/lumberjack.v2"
 
@@ -18,6 +19,8 @@ import (
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/lapi"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/metrics"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/sdnotify"
 )
 
 // newLogger honours upstream's log_mode/log_dir/log_* keys; -v forces debug.
@@ -97,6 +100,7 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		retryBoot:   cfg.RetryInitialConnect,
 		emptyAtBoot: j.View().Len() == 0,
 	}
+	var m *metrics.Metrics // set below; the enforcer reports repairs to it
 	enf := heal.New(heal.Config{
 		VerifyInterval:    cfg.Heal.Interval,
 		DeepInterval:      cfg.Heal.DeepInterval,
@@ -105,26 +109,57 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		BackoffMax:        cfg.Heal.BackoffMax,
 		FightWindow:       cfg.Heal.FightWindow,
 		FreeRepairs:       cfg.Heal.FreeRepairs,
-	}, heal.Deps{Journal: j, Backend: be, Logger: log, Resync: p.fullBatch})
+	}, heal.Deps{Journal: j, Backend: be, Logger: log, Resync: p.fullBatch,
+		OnRepair: func(kinds []string, took time.Duration, n int) {
+			if m != nil {
+				m.ObserveRepair(kinds, took, n)
+			}
+		}})
 	p.enf = enf
+	var recovered uint64
+	if j.Recovered() != "" {
+		recovered = 1
+	}
+	src := metrics.Sources{
+		Health: enf.Health, PendingSince: enf.PendingSince, Heartbeat: enf.Heartbeat,
+		JournalStats: j.Stats, Origins: j.Origins, LAPI: client, Kernel: be,
+		Rejected:  p.rejected.snapshot,
+		Recovered: func() uint64 { return recovered },
+	}
+	m = metrics.New(src, metrics.Options{Logger: log, UpdateFrequency: cfg.UpdateFrequency, VerifyInterval: cfg.Heal.Interval})
 
 	// Enforce what the journal knows before LAPI is contacted.
 	if err := enf.Boot(ctx); err != nil {
 		return err
 	}
 	log.Info("enforcing from journal", "entries", j.View().Len(), "since_start", time.Since(start).Round(time.Millisecond))
-	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+	if err := sdnotify.Ready(fmt.Sprintf("enforcing %d bans from the journal", j.View().Len())); err != nil {
+		log.Warn("systemd notify failed", "err", err)
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return enf.Run(gctx) })
 	g.Go(func() error { return p.run(gctx) })
+	g.Go(func() error { return sdnotify.RunWatchdog(gctx, enf.Heartbeat, log) })
+	g.Go(func() error { return metrics.RunUsageMetrics(gctx, client.APIClient(), src, log) })
+	if cfg.Prometheus.Enabled {
+		addr := net.JoinHostPort(cfg.Prometheus.ListenAddr, strconv.Itoa(cfg.Prometheus.ListenPort))
+		g.Go(func() error { return metrics.ListenAndServe(gctx, addr, metrics.NewHandler(m), log) })
+	}
+	g.Go(func() error {
+		return sdnotify.RunStatus(gctx, 5*time.Second, func() string {
+			return sdnotify.FormatStatus(enf.Health(), time.Now())
+		}, log)
+	})
 	err = g.Wait()
 
 	// A clean stop honours on_shutdown; a fatal error always keeps the rules:
 	// removing them would open the host while systemd restarts us.
 	clean := ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled))
 	keep := cfg.OnShutdown == "keep" || !clean
-	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	if nerr := sdnotify.Stopping(); nerr != nil {
+		log.Warn("systemd notify failed", "err", nerr)
+	}
 	closeCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if cerr := enf.Close(closeCtx, keep); cerr != nil {

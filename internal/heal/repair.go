@@ -44,6 +44,9 @@ func (e *Enforcer) repair(ctx context.Context, kinds, details []string) error {
 	start := e.now()
 	var lastErr error
 	for attempt := 1; attempt <= e.cfg.MaxReplayAttempts; attempt++ {
+		// The ladder runs inside one loop iteration: beat at every rung so
+		// the watchdog sees a loop at work, not a wedged one.
+		e.heartbeat.Store(time.Now().UnixNano())
 		n, err := e.ensureAndReplay(ctx)
 		if err == nil {
 			e.repaired(start, kinds, details, n, attempt)
@@ -60,7 +63,9 @@ func (e *Enforcer) repair(ctx context.Context, kinds, details []string) error {
 	}
 	if e.sync != nil {
 		e.log.Warn("replays keep failing, asking LAPI for a full resync", "attempts", e.cfg.MaxReplayAttempts, "err", lastErr)
+		e.heartbeat.Store(time.Now().UnixNano())
 		b, err := e.sync(ctx)
+		e.heartbeat.Store(time.Now().UnixNano())
 		if err == nil {
 			pulled := e.now()
 			b.Full = true

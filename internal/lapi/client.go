@@ -108,6 +108,9 @@ func (c *Client) Pull(ctx context.Context, startup bool) (*models.DecisionsStrea
 	return data, nil
 }
 
+// APIClient returns go-cs-bouncer's API client, for the usage-metrics push.
+func (c *Client) APIClient() *apiclient.ApiClient { return c.api }
+
 // Requests is the number of stream pulls attempted (lapi_requests_total).
 func (c *Client) Requests() uint64 { return c.requests.Load() }
 

@@ -153,7 +153,8 @@ type normalizer struct {
 	// repeated key replaces the earlier list as encoding/json does.
 	lists   [2]listResult
 	deleted bool // the list being filled: lists[1] when true
-	batch   journal.Batch
+	news    chunks[journal.Decision]
+	dels    chunks[journal.Key]
 }
 
 type listResult struct {
@@ -170,32 +171,27 @@ func newNormalizer(opts NormalizeOptions) *normalizer {
 }
 
 // startList (re)starts the new or deleted list, dropping what an earlier
-// list under the same key produced; sizeHint preallocates when known.
+// list under the same key produced; sizeHint > 0 is the exact size when the
+// caller knows it.
 func (n *normalizer) startList(deleted bool, sizeHint int) {
 	n.deleted = deleted
-	i := 0
 	if deleted {
-		i = 1
-		n.batch.Deleted = nil
-		if sizeHint > 0 {
-			n.batch.Deleted = make([]journal.Key, 0, sizeHint)
-		}
+		n.dels.reset(sizeHint)
+		n.lists[1] = listResult{}
 	} else {
-		n.batch.New = nil
-		if sizeHint > 0 {
-			n.batch.New = make([]journal.Decision, 0, sizeHint)
-		}
+		n.news.reset(sizeHint)
+		n.lists[0] = listResult{}
 	}
-	n.lists[i] = listResult{}
 }
 
-// listStarted makes the current list non-nil when the decoder does not know
-// its size, as startList does when it does.
+// listStarted marks the current list as non-empty when the decoder does
+// not know its size: Normalize returns a non-nil slice for a list that had
+// elements, even if all were dropped.
 func (n *normalizer) listStarted() {
-	if n.deleted && n.batch.Deleted == nil {
-		n.batch.Deleted = []journal.Key{}
-	} else if !n.deleted && n.batch.New == nil {
-		n.batch.New = []journal.Decision{}
+	if n.deleted {
+		n.dels.started = true
+	} else {
+		n.news.started = true
 	}
 }
 
@@ -214,7 +210,7 @@ func (n *normalizer) add(f *fields) {
 		if reason != "" {
 			n.reject(f, reason)
 		} else if keep {
-			n.batch.New = append(n.batch.New, dec)
+			n.news.add(dec)
 		}
 		return
 	}
@@ -222,7 +218,7 @@ func (n *normalizer) add(f *fields) {
 	if reason != "" {
 		n.reject(f, reason)
 	} else if keep {
-		n.batch.Deleted = append(n.batch.Deleted, key)
+		n.dels.add(key)
 	}
 }
 
@@ -236,7 +232,8 @@ func (n *normalizer) reject(f *fields, reason string) {
 func (n *normalizer) result() (journal.Batch, []Rejection, Stats) {
 	rej := append(n.lists[0].rej, n.lists[1].rej...)
 	s0, s1 := n.lists[0].stats, n.lists[1].stats
-	return n.batch, rej, Stats{
+	b := journal.Batch{New: n.news.slice(), Deleted: n.dels.slice()}
+	return b, rej, Stats{
 		SkippedSimulated: s0.SkippedSimulated + s1.SkippedSimulated,
 		SkippedType:      s0.SkippedType + s1.SkippedType,
 		SkippedFamily:    s0.SkippedFamily + s1.SkippedFamily,

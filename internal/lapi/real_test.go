@@ -1,7 +1,9 @@
 package lapi
 
 import (
+	"context"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -10,15 +12,70 @@ import (
 )
 
 // TestRealLAPI pulls from Debian's crowdsec LAPI inside a fresh network
-// namespace: a cscli ban shows up on startup with ~4h left, its delete shows
-// up in the next delta, decisions with other origins come through, and the
-// pull state survives a LAPI restart.
+// namespace with Pull+Normalize: see realLAPIScenario.
 func TestRealLAPI(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.EnsureLAPIInstalled(t)
 	if !testenv.InFreshNetns(t) {
 		return
 	}
+	realLAPIScenario(t, func(ctx context.Context, c *Client, startup bool) (journal.Batch, []Rejection, error) {
+		resp, err := c.Pull(ctx, startup)
+		if err != nil {
+			return journal.Batch{}, nil, err
+		}
+		b, rej := Normalize(resp, NormalizeOptions{}, time.Now())
+		return b, rej, nil
+	})
+}
+
+// TestRealLAPIPullBatch is TestRealLAPI with the streaming PullBatch, and
+// then checks that both paths give the same startup batch from one LAPI.
+func TestRealLAPIPullBatch(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.EnsureLAPIInstalled(t)
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	c := realLAPIScenario(t, func(ctx context.Context, c *Client, startup bool) (journal.Batch, []Rejection, error) {
+		b, rej, _, err := c.PullBatch(ctx, startup, NormalizeOptions{}, nil)
+		if err == nil && b.Full != startup {
+			t.Errorf("PullBatch(startup=%v) Full = %v", startup, b.Full)
+		}
+		return b, rej, err
+	})
+	now := time.Now()
+	resp, err := c.Pull(t.Context(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, wantRej, wantStats := NormalizeWithStats(resp, NormalizeOptions{}, now)
+	want.Full = true
+	got, gotRej, gotStats, err := c.PullBatch(t.Context(), true, NormalizeOptions{}, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// LAPI computes the remaining duration per request: the two pulls'
+	// Until differ by the time between them, nothing else may.
+	if len(got.New) != len(want.New) || len(got.New) != 2 {
+		t.Fatalf("startup from real LAPI: PullBatch %d new, Pull %d, want 2", len(got.New), len(want.New))
+	}
+	for i := range got.New {
+		if d := got.New[i].Until.Sub(want.New[i].Until); d < -time.Minute || d > time.Minute {
+			t.Errorf("until differs by %v: %+v vs %+v", d, got.New[i], want.New[i])
+		}
+		got.New[i].Until, want.New[i].Until = time.Time{}, time.Time{}
+	}
+	if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotRej, wantRej) || gotStats != wantStats {
+		t.Errorf("startup from real LAPI:\nPullBatch %+v %+v %+v\nPull      %+v %+v %+v", got, gotRej, gotStats, want, wantRej, wantStats)
+	}
+}
+
+// realLAPIScenario: a cscli ban shows up on startup with ~4h left, its
+// delete shows up in the next delta, decisions with other origins come
+// through, and the pull state survives a LAPI restart. It returns the
+// client, with the LAPI still running.
+func realLAPIScenario(t *testing.T, pullWith func(context.Context, *Client, bool) (journal.Batch, []Rejection, error)) *Client {
 	l := testenv.StartLAPI(t)
 	c, err := NewClient(ClientConfig{APIURL: l.URL, APIKey: l.Key}, discardLogger())
 	if err != nil {
@@ -27,11 +84,10 @@ func TestRealLAPI(t *testing.T) {
 	ctx := t.Context()
 	pull := func(startup bool) journal.Batch {
 		t.Helper()
-		resp, err := c.Pull(ctx, startup)
+		b, rej, err := pullWith(ctx, c, startup)
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, rej := Normalize(resp, NormalizeOptions{}, time.Now())
 		if len(rej) != 0 {
 			t.Fatalf("rejections from a real LAPI: %+v", rej)
 		}
@@ -76,7 +132,7 @@ func TestRealLAPI(t *testing.T) {
 	// resumes its deltas (nothing new; LAPI may repeat the old delete) and a
 	// startup pull has both bans.
 	l.Stop(t)
-	if _, err := c.Pull(ctx, false); err == nil {
+	if _, _, err := pullWith(ctx, c, false); err == nil {
 		t.Fatal("pull from a stopped LAPI succeeded")
 	}
 	if c.Failures() != 1 {
@@ -98,4 +154,5 @@ func TestRealLAPI(t *testing.T) {
 	if c.Requests() != 6 {
 		t.Errorf("requests = %d, want 6", c.Requests())
 	}
+	return c
 }

@@ -213,22 +213,18 @@ func (n *normalizer) decodeList(dec *json.Decoder, deleted bool) error {
 	case tok != json.Delim('['):
 		return fmt.Errorf("decisions list is not an array: starts with %v", tok)
 	}
-	var w wireDecision
+	e := element{n: n}
 	for i := 0; dec.More(); i++ {
 		if i == 0 {
 			n.listStarted() // a non-empty list is never nil, as in Normalize
 		}
-		w = wireDecision{} // a field missing from this element reads as missing
-		// Decoding into a non-nil pointer fills w; a null element sets
-		// p to nil, which is the model's nil decision.
-		p := &w
-		if err := dec.Decode(&p); err != nil {
+		if err := dec.Decode(&e); err != nil {
 			return err
 		}
-		if p == nil {
+		if e.null {
 			n.add(nil)
 		} else {
-			n.add(&w.fields)
+			n.add(&e.w.fields)
 		}
 	}
 	_, err = dec.Token() // the closing bracket
@@ -240,6 +236,29 @@ func unexpectedEOF(err error) error {
 		return io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// element decodes one list element into its reused wire struct: the
+// common shape by hand (parseFast), anything else with encoding/json.
+type element struct {
+	n    *normalizer
+	w    wireDecision
+	null bool
+}
+
+// UnmarshalJSON implements json.Unmarshaler; b is one complete, valid JSON
+// value (the Decoder has checked it).
+func (e *element) UnmarshalJSON(b []byte) error {
+	if e.parseFast(b) {
+		return nil
+	}
+	e.w = wireDecision{}
+	p := &e.w
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	e.null = p == nil
+	return nil
 }
 
 // wireDecision has every field of models.Decision, so that a value of the
