@@ -56,6 +56,9 @@ func TestBenchStartup(t *testing.T) {
 	cfg := writeConfig(t, nil, bouncerOpts{URL: "http://" + ln.Addr().String() + "/", Key: "bench"})
 	start := time.Now()
 	b := launch(t, cfg)
+	if os.Getenv("CSJB_BENCH_VERBOSE") != "" {
+		t.Cleanup(func() { fmt.Printf("bench cold-start log:\n%s\n", b.out.String()) })
+	}
 	waitSetCount(t, b, n)
 	cold := time.Since(start)
 	fmt.Printf("bench cold start → %d bans in the kernel: %v (%.2f× ipset restore; upstream measured 2.49 s)\n", n, cold.Round(time.Millisecond), cold.Seconds()/ref.Seconds())

@@ -73,6 +73,7 @@ type bouncerOpts struct {
 	Extra        string // extra yaml lines
 	DeepInterval string
 	FightWindow  string
+	Interval     string // heal.interval (default 1s)
 }
 
 const configTmpl = `mode: iptables
@@ -88,7 +89,7 @@ iptables_chains:
 journal_path: {{.Journal}}
 on_shutdown: {{.OnShutdown}}
 heal:
-  interval: 1s
+  interval: {{.Interval}}
   deep_interval: {{.DeepInterval}}
   fight_window: {{.FightWindow}}
 {{.Extra}}
@@ -127,6 +128,9 @@ func writeConfig(t *testing.T, l *testenv.LAPI, o bouncerOpts) string {
 	t.Helper()
 	if o.OnShutdown == "" {
 		o.OnShutdown = "remove"
+	}
+	if o.Interval == "" {
+		o.Interval = "1s"
 	}
 	if o.DeepInterval == "" {
 		o.DeepInterval = "5m"
@@ -305,8 +309,12 @@ func requireDropped(t *testing.T, p *testenv.Peers, banned netip.Addr, within ti
 	if banned.Is6() {
 		clean = p.Clean6
 	}
-	if !pings(t, p, clean) {
-		t.Fatalf("clean peer %s is dropped too", clean)
+	// One lost echo on a loaded machine is not a drop: a firewall dropping
+	// the clean peer drops all three.
+	for i := 0; !pings(t, p, clean); i++ {
+		if i == 2 {
+			t.Fatalf("clean peer %s is dropped too", clean)
+		}
 	}
 }
 

@@ -3,7 +3,8 @@
 // boot without LAPI, and repairs flushed chains and sets in-process.
 //
 // Exit codes: 0 clean shutdown, 1 configuration or start-up error, 2 usage
-// error, 3 (heal.ExitReplayFailed) the repair ladder was exhausted.
+// error, 3 (heal.ExitReplayFailed) the repair ladder was exhausted. The
+// operator commands `journal ...` and `check` have their own (see cli.go).
 package main
 
 import (
@@ -47,6 +48,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "cs-journal-bouncer %s\n", version)
 		return 0
 	}
+	if fs.NArg() > 0 && isCLICommand(fs.Arg(0)) {
+		// Operator commands (cli.go): `journal ...` and `check`.
+		return runCLI(fs.Args(), *cfgPath, *verbose, stdout, stderr)
+	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "unexpected arguments: %q\n", fs.Args())
 		return 2
@@ -54,7 +59,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 
 	res, err := config.Load(*cfgPath, os.LookupEnv)
 	if err != nil {
-		fmt.Fprintf(stderr, "cs-journal-bouncer: config %s: %v\n", *cfgPath, err)
+		fmt.Fprintf(stderr, "cs-journal-bouncer: %v\n", err)
 		return 1
 	}
 	for _, w := range res.Warnings {

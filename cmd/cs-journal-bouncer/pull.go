@@ -117,11 +117,12 @@ func (p *puller) pull(ctx context.Context, full bool) error {
 		return err
 	}
 	p.enf.SetLAPI(true, at, full)
+	added, deleted := len(b.New), len(b.Deleted)
 	if err := p.enf.Submit(ctx, b, at); err != nil {
 		return fmt.Errorf("apply batch: %w", err)
 	}
-	if b.Len() > 0 || full {
-		p.log.Info("pulled decisions", "full", full, "new", len(b.New), "deleted", len(b.Deleted), "took", time.Since(at).Round(time.Millisecond))
+	if added+deleted > 0 || full {
+		p.log.Info("pulled decisions", "full", full, "new", added, "deleted", deleted, "took", time.Since(at).Round(time.Millisecond))
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"gopkg.in/natefinch/lumberjack.v2"
 
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/admin"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/config"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
@@ -140,6 +141,13 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return enf.Run(gctx) })
 	g.Go(func() error { return p.run(gctx) })
+	g.Go(func() error {
+		svc := admin.NewDaemonService(enf, j, nil)
+		if err := admin.Serve(gctx, admin.SocketPath(cfg.JournalPath), svc, log); err != nil {
+			log.Error("admin socket unavailable; journal and check commands will not work while the daemon runs", "err", err)
+		}
+		return nil
+	})
 	g.Go(func() error { return sdnotify.RunWatchdog(gctx, enf.Heartbeat, log) })
 	g.Go(func() error { return metrics.RunUsageMetrics(gctx, client.APIClient(), src, log) })
 	if cfg.Prometheus.Enabled {

@@ -64,13 +64,21 @@ func TestE2ELogsNeverShowAPIKey(t *testing.T) {
 		if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		b := startBouncer(t, cfg)
+		b := launch(t, cfg)
+		logFile := filepath.Join(logDir, "cs-journal-bouncer.log")
+		eventually(t, 15*time.Second, "daemon never enforced its journal", func() bool {
+			if mode == "stdout" {
+				return b.count("journal enforced") > 0
+			}
+			data, _ := os.ReadFile(logFile)
+			return strings.Contains(string(data), "journal enforced")
+		})
 		l.CSCLI(t, "decisions", "add", "--ip", "192.0.2.10", "-d", "4h")
 		time.Sleep(2500 * time.Millisecond)
 		b.stop(t)
 		logs := b.out.String()
 		if mode == "file" {
-			data, err := os.ReadFile(filepath.Join(logDir, "cs-journal-bouncer.log"))
+			data, err := os.ReadFile(logFile)
 			if err != nil {
 				t.Fatalf("log_mode file: %v", err)
 			}

@@ -104,19 +104,21 @@ func affected(v *journal.View, b journal.Batch) map[netip.Prefix]struct{} {
 	return ps
 }
 
-// activeEntries returns the whole desired kernel state, for Replay.
+// activeEntries returns the whole desired kernel state, for Replay. A
+// prefix held by several decisions (an Ip and a Range, two types) is emitted
+// once, when the walk meets the first of them in ForPrefix's order: no
+// 100k-entry "seen" map at the memory peak of a full replay.
 func activeEntries(v *journal.View, now time.Time, idx originIndex) []backend.Entry {
-	seen := make(map[netip.Prefix]struct{}, v.Len())
 	out := make([]backend.Entry, 0, v.Len())
 	v.Each(func(d journal.Decision) bool {
 		if !d.Until.After(now) {
 			return true
 		}
-		if _, dup := seen[d.Prefix]; dup {
-			return true
+		ds := v.ForPrefix(d.Prefix)
+		if len(ds) > 1 && ds[0].Key() != d.Key() {
+			return true // emitted with the first decision on this prefix
 		}
-		seen[d.Prefix] = struct{}{}
-		for _, e := range entriesFor(v.ForPrefix(d.Prefix), idx) {
+		for _, e := range entriesFor(ds, idx) {
 			if e.Until.After(now) {
 				out = append(out, e)
 			}

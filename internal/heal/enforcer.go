@@ -104,7 +104,7 @@ type Enforcer struct {
 	tick <-chan time.Time
 	sync func(ctx context.Context) (journal.Batch, error)
 
-	reqs     chan request
+	reqs     chan *request
 	calls    chan call
 	health   healthBox
 	onRepair func(kinds []string, took time.Duration, entries int)
@@ -152,7 +152,7 @@ func New(cfg Config, d Deps) *Enforcer {
 		slp:      d.Sleep,
 		tick:     d.Ticks,
 		sync:     d.Resync,
-		reqs:     make(chan request),
+		reqs:     make(chan *request),
 		calls:    make(chan call),
 		ensured:  map[int]bool{},
 		onRepair: d.OnRepair,
@@ -238,6 +238,13 @@ func (e *Enforcer) Check(ctx context.Context) (backend.Drift, error) {
 // `check` command when no daemon is running): it reads the kernel and the
 // journal directly. Never call it while Run is running.
 func (e *Enforcer) CheckOffline(ctx context.Context) (backend.Drift, error) {
+	// Without Ensure (it would repair), the backend must still learn which
+	// origins' rules to expect, and their names for rule comments.
+	all := e.j.Origins()
+	e.nameOrigins(all)
+	if x, ok := e.be.(interface{ ExpectOrigins([]int) }); ok {
+		x.ExpectOrigins(slices.Sorted(maps.Values(all)))
+	}
 	return e.check(ctx)
 }
 
@@ -281,7 +288,7 @@ func (e *Enforcer) Boot(ctx context.Context) error {
 // the journal and the kernel. pulledAt is when the pull started; a delta
 // pulled before the last applied full resync is stale and dropped.
 func (e *Enforcer) Submit(ctx context.Context, b journal.Batch, pulledAt time.Time) error {
-	r := request{batch: b, pulledAt: pulledAt, done: make(chan error, 1)}
+	r := &request{batch: b, pulledAt: pulledAt, done: make(chan error, 1)}
 	e.pending.CompareAndSwap(0, time.Now().UnixNano())
 	select {
 	case e.reqs <- r:
@@ -332,8 +339,11 @@ func (e *Enforcer) Run(ctx context.Context) error {
 // apply writes a batch to the journal, then to the kernel. A kernel failure
 // is repaired through the ladder; a journal failure is fatal, because the
 // write-ahead guarantee would otherwise be silently broken.
-func (e *Enforcer) apply(ctx context.Context, r request) error {
+func (e *Enforcer) apply(ctx context.Context, r *request) error {
 	b := r.batch
+	// Once journaled, the batch is only needed through the view: drop the
+	// request's reference so a 100k batch can be collected during the replay.
+	r.batch = journal.Batch{}
 	if !b.Full && b.Len() == 0 {
 		return nil // an empty delta pull: nothing to journal every update_frequency
 	}

@@ -9,16 +9,25 @@ import (
 	"time"
 )
 
-// Wire format of one journal value (an event or the snapshot), version 1:
+// Wire format of one journal value (an event or the snapshot), version 2:
 //
-//	byte    version (1)
-//	byte    flags (bit 0: full)
+//	byte    version (2)
+//	byte    flags (bit 0: full; bit 1: every new decision carries its since)
 //	varint  base: the smallest Until in the batch, unix milliseconds
+//	varint  at: when the value was written (append or compaction time),
+//	        unix milliseconds; 0 = unknown
 //	uvarint number of strings, then each: uvarint length, bytes
 //	uvarint number of new decisions, then each:
 //	        prefix, uvarint (until - base) ms, uvarint origin, scenario, type, scope (string indices)
+//	        [with flag bit 1: uvarint since: 0 = unknown, else zigzag(at - since) + 1]
 //	uvarint number of deleted keys, then each: prefix, uvarint type, scope
 //	4 bytes CRC-32C (little endian) of everything before it
+//
+// Version 1 is the same without "at" and without bit 1; it still decodes,
+// with every since unknown. An event carries its append time once ("at"):
+// replaying it gives each decision new to the view since = at, exactly as
+// Append did. The snapshot carries each decision's since, because it folds
+// events of many times together.
 //
 // A prefix is one tag byte — the prefix length for IPv4 (0..32), 64 + the
 // length for IPv6 (64..192) — followed by only the ceil(bits/8) leading
@@ -27,8 +36,10 @@ import (
 // once in the string table. bbolt keeps no checksum of values, hence the CRC:
 // a flipped bit must read as corruption, not as a different ban.
 const (
-	codecVersion = 1
-	flagFull     = 1 << 0
+	codecVersion   = 2
+	codecVersionV1 = 1
+	flagFull       = 1 << 0
+	flagSince      = 1 << 1
 
 	tagV6 = 64
 	// Smallest possible encodings, used to bound counts read from garbage so
@@ -66,6 +77,10 @@ type record struct {
 	prefix                       netip.Prefix
 	until                        int64 // unix ms
 	origin, scenario, typ, scope string
+	// since is when the bouncer first received the decision (unix ms, 0 =
+	// unknown). In an event it is the event's append time: the view keeps
+	// an older since when the key is already there (see View.upsert).
+	since int64
 }
 
 // encoder builds one value. Strings go to a table written before the body,
@@ -73,7 +88,9 @@ type record struct {
 // base (smallest Until) up front so that deltas can be written in one pass.
 type encoder struct {
 	full   bool
+	since  bool // write each decision's since (the snapshot)
 	base   int64
+	at     int64
 	strIdx map[string]uint64
 	strs   []string
 	news   []byte
@@ -82,10 +99,11 @@ type encoder struct {
 	nDel   int
 }
 
-func newEncoder(full bool, base int64, sizeHint int) *encoder {
+func newEncoder(full bool, base, at int64, sizeHint int) *encoder {
 	return &encoder{
 		full:   full,
 		base:   base,
+		at:     at,
 		strIdx: make(map[string]uint64),
 		news:   make([]byte, 0, sizeHint*14),
 	}
@@ -109,6 +127,9 @@ func (e *encoder) addNew(r record) {
 	e.news = binary.AppendUvarint(e.news, e.str(r.scenario))
 	e.news = binary.AppendUvarint(e.news, e.str(r.typ))
 	e.news = binary.AppendUvarint(e.news, e.str(r.scope))
+	if e.since {
+		e.news = binary.AppendUvarint(e.news, sinceCode(e.at, r.since))
+	}
 	e.nNew++
 }
 
@@ -130,8 +151,12 @@ func (e *encoder) finish() []byte {
 	if e.full {
 		flags |= flagFull
 	}
+	if e.since {
+		flags |= flagSince
+	}
 	out = append(out, codecVersion, flags)
 	out = binary.AppendVarint(out, e.base)
+	out = binary.AppendVarint(out, e.at)
 	out = binary.AppendUvarint(out, uint64(len(e.strs)))
 	for _, s := range e.strs {
 		out = binary.AppendUvarint(out, uint64(len(s)))
@@ -142,6 +167,26 @@ func (e *encoder) finish() []byte {
 	out = binary.AppendUvarint(out, uint64(e.nDel))
 	out = append(out, e.dels...)
 	return binary.LittleEndian.AppendUint32(out, crc32.Checksum(out, crcTable))
+}
+
+// sinceCode packs since relative to at: 0 is unknown, and a since after at
+// (a clock that stepped back) still round-trips through the zigzag.
+func sinceCode(at, since int64) uint64 {
+	if since == 0 {
+		return 0
+	}
+	d := at - since
+	return uint64(d<<1^d>>63) + 1
+}
+
+// sinceDecode undoes sinceCode.
+func sinceDecode(at int64, c uint64) int64 {
+	if c == 0 {
+		return 0
+	}
+	c--
+	d := int64(c>>1) ^ -int64(c&1)
+	return at - d
 }
 
 func appendPrefix(b []byte, p netip.Prefix) []byte {
@@ -157,21 +202,22 @@ func appendPrefix(b []byte, p netip.Prefix) []byte {
 	return append(b, a16[:(bits+7)/8]...)
 }
 
-// encodeBatch encodes b as one value. It fails on a prefix the view could
-// not hold (invalid or not masked), so nothing unreadable is ever written.
-func encodeBatch(b Batch) ([]byte, error) {
+// encodeBatch encodes b as one value appended at at (unix ms). It fails on
+// a prefix the view could not hold (invalid or not masked), so nothing
+// unreadable is ever written.
+func encodeBatch(b Batch, at int64) ([]byte, error) {
 	var base int64
 	for i, d := range b.New {
 		if u := untilMS(d.Until); i == 0 || u < base {
 			base = u
 		}
 	}
-	e := newEncoder(b.Full, base, len(b.New))
+	e := newEncoder(b.Full, base, at, len(b.New))
 	for i, d := range b.New {
 		if err := validPrefix(d.Prefix); err != nil {
 			return nil, fmt.Errorf("new decision %d: %w", i, err)
 		}
-		e.addNew(record{d.Prefix, untilMS(d.Until), d.Origin, d.Scenario, d.Type, d.Scope})
+		e.addNew(recordOf(d, at))
 	}
 	for i, k := range b.Deleted {
 		if err := validPrefix(k.Prefix); err != nil {
@@ -188,6 +234,8 @@ func encodeBatch(b Batch) ([]byte, error) {
 // distinct value, already shared between all decisions of the record.
 type decodeHandler interface {
 	full(n int) // a full record of n new decisions follows
+	// at gives the value's write time (unix ms, 0 = unknown), before any add.
+	at(ms int64)
 	add(r record)
 	del(k Key)
 }
@@ -208,14 +256,24 @@ func decodeBatch(data []byte, h decodeHandler) error {
 // never allocates more than a small multiple of len(data), whatever the input.
 func decodeBody(data []byte, h decodeHandler) error {
 	r := reader{b: data}
-	if v := r.byte(); v != codecVersion {
-		return r.fail(fmt.Errorf("unknown version %d", v))
+	version := r.byte()
+	if r.err == nil && version != codecVersion && version != codecVersionV1 {
+		return r.fail(fmt.Errorf("unknown version %d", version))
 	}
 	flags := r.byte()
-	if flags&^flagFull != 0 {
+	known := byte(flagFull)
+	if version == codecVersion {
+		known |= flagSince
+	}
+	if flags&^known != 0 {
 		return r.fail(fmt.Errorf("unknown flags %#x", flags))
 	}
 	base := r.varint()
+	var at int64
+	if version == codecVersion {
+		at = r.varint()
+	}
+	h.at(at)
 	nStr := r.count(1)
 	strs := make([]string, 0, nStr)
 	for range nStr {
@@ -247,6 +305,10 @@ func decodeBody(data []byte, h decodeHandler) error {
 		rec.prefix = r.prefix()
 		rec.until = int64(uint64(base) + r.uvarint())
 		rec.origin, rec.scenario, rec.typ, rec.scope = str(), str(), str(), str()
+		rec.since = at
+		if flags&flagSince != 0 {
+			rec.since = sinceDecode(at, r.uvarint())
+		}
 		if r.err != nil {
 			return r.fail(nil)
 		}
@@ -380,10 +442,16 @@ func (r *reader) prefix() netip.Prefix {
 	return p
 }
 
+// recordOf is d as a record first received at since (unix ms).
+func recordOf(d Decision, since int64) record {
+	return record{d.Prefix, untilMS(d.Until), d.Origin, d.Scenario, d.Type, d.Scope, since}
+}
+
 // batchBuilder is the decodeHandler that yields a Batch (tests, tools).
 type batchBuilder struct{ b Batch }
 
 func (bb *batchBuilder) full(int) { bb.b.Full = true }
+func (bb *batchBuilder) at(int64) {}
 func (bb *batchBuilder) add(r record) {
 	bb.b.New = append(bb.b.New, Decision{
 		Prefix: r.prefix, Until: msTime(r.until),
@@ -404,6 +472,6 @@ func DecodeBatch(data []byte) (Batch, error) {
 	return bb.b, nil
 }
 
-// EncodeBatch encodes b the way Append stores it. It fails if a prefix is
-// invalid or not masked.
-func EncodeBatch(b Batch) ([]byte, error) { return encodeBatch(b) }
+// EncodeBatch encodes b the way Append stores it, with an unknown append
+// time. It fails if a prefix is invalid or not masked.
+func EncodeBatch(b Batch) ([]byte, error) { return encodeBatch(b, 0) }

@@ -34,6 +34,12 @@ var (
 	// ErrInvalidDecision is returned by Append when a decision or deleted key
 	// carries a prefix that is invalid or not masked; nothing is written.
 	ErrInvalidDecision = errors.New("invalid decision")
+	// ErrCorrupt is returned by a ReadOnly Open when the file cannot be
+	// trusted (a read-write Open moves such a file aside instead).
+	ErrCorrupt = errors.New("journal corrupt")
+	// ErrReadOnly is returned by Append and Compact on a journal opened
+	// with Options.ReadOnly.
+	ErrReadOnly = errors.New("journal opened read-only")
 )
 
 // Bucket and key names. The layout is versioned by metaVersion.
@@ -65,6 +71,11 @@ type Options struct {
 	// CompactEvery is how many events may accumulate after the snapshot
 	// before Append compacts. Default DefaultCompactEvery.
 	CompactEvery int
+	// ReadOnly opens the file for inspection (the journal CLI): a shared
+	// lock, so it fails with ErrLocked while a daemon holds the file; no
+	// directory or file is created, a corrupt file is reported (ErrCorrupt)
+	// and left where it is, and Append and Compact fail with ErrReadOnly.
+	ReadOnly bool
 }
 
 // Journal is an open journal file plus its in-memory view. Its methods are
@@ -77,6 +88,7 @@ type Journal struct {
 	now       func() time.Time
 	log       *slog.Logger
 	every     int
+	readOnly  bool
 	view      *View
 	origins   map[string]int
 	events    int // events stored after the snapshot
@@ -164,6 +176,9 @@ func (j *Journal) append(b Batch, list bool) (Changes, error) {
 	if !b.Full && b.Len() == 0 {
 		return Changes{}, nil
 	}
+	if j.readOnly {
+		return Changes{}, fmt.Errorf("journal append to %s: %w", j.path, ErrReadOnly)
+	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	now := untilMS(j.now())
@@ -190,7 +205,7 @@ func (j *Journal) append(b Batch, list bool) (Changes, error) {
 }
 
 func (j *Journal) appendDelta(b Batch, now int64, list bool) (Changes, error) {
-	data, err := encodeBatch(b)
+	data, err := encodeBatch(b, now)
 	if err != nil {
 		return Changes{}, fmt.Errorf("journal append: encode: %w", err)
 	}
@@ -218,8 +233,7 @@ func (j *Journal) appendDelta(b Batch, now int64, list bool) (Changes, error) {
 	defer v.mu.Unlock()
 	var ch Changes
 	for _, d := range b.New {
-		r := record{d.Prefix, untilMS(d.Until), d.Origin, d.Scenario, d.Type, d.Scope}
-		k, old, existed, inserted := v.upsert(r, now)
+		k, old, existed, inserted := v.upsert(recordOf(d, now), now)
 		if !list {
 			continue
 		}
@@ -251,7 +265,8 @@ func (j *Journal) appendFull(b Batch, now int64, list bool) (Changes, error) {
 	nv := newView(v.strs)
 	nv.m = make(map[vkey]vval, len(b.New))
 	for _, d := range b.New {
-		nv.upsert(record{d.Prefix, untilMS(d.Until), d.Origin, d.Scenario, d.Type, d.Scope}, now)
+		// since is kept for keys the old view holds with the same origin.
+		nv.upsertPrev(v.m, recordOf(d, now), now)
 	}
 	v.mu.Unlock()
 	data := nv.encode(now)
@@ -353,6 +368,9 @@ func (j *Journal) mergeOrigins(added map[string]int) {
 // and deletes all events, in one transaction. Append calls it every
 // Options.CompactEvery events; the in-memory view is not changed.
 func (j *Journal) Compact() error {
+	if j.readOnly {
+		return fmt.Errorf("journal compact %s: %w", j.path, ErrReadOnly)
+	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.compactLocked(untilMS(j.now()))

@@ -16,8 +16,9 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// errCorrupt marks a journal that cannot be trusted: Open moves it aside.
-var errCorrupt = errors.New("journal corrupt")
+// errCorrupt marks a journal that cannot be trusted: Open moves it aside
+// (or, read-only, reports it as ErrCorrupt).
+var errCorrupt = ErrCorrupt
 
 // Open opens (or creates) the journal at opts.Path and rebuilds the view:
 // snapshot, then events in order, dropping what expired by opts.Now.
@@ -46,6 +47,11 @@ func Open(opts Options) (*Journal, error) {
 		opts.CompactEvery = DefaultCompactEvery
 	}
 	log := opts.Logger.With("component", "journal")
+	if opts.ReadOnly {
+		// Inspection must not change anything: no directory, no layout, no
+		// moving a corrupt file aside.
+		return openLoad(opts, log)
+	}
 	if err := ensureDir(filepath.Dir(opts.Path), log); err != nil {
 		return nil, err
 	}
@@ -105,18 +111,19 @@ func ensureDir(dir string, log *slog.Logger) error {
 // openLoad opens the bbolt file and rebuilds the view. Corruption, in any of
 // its shapes, comes back wrapping errCorrupt.
 func openLoad(opts Options, log *slog.Logger) (*Journal, error) {
-	db, err := openDB(opts.Path, opts.Timeout)
+	db, err := openDB(opts.Path, opts.Timeout, opts.ReadOnly)
 	if err != nil {
 		return nil, err
 	}
 	j := &Journal{
-		db:      db,
-		path:    opts.Path,
-		now:     opts.Now,
-		log:     log,
-		every:   opts.CompactEvery,
-		origins: make(map[string]int),
-		view:    newView(newStrtab()),
+		db:       db,
+		path:     opts.Path,
+		now:      opts.Now,
+		log:      log,
+		every:    opts.CompactEvery,
+		readOnly: opts.ReadOnly,
+		origins:  make(map[string]int),
+		view:     newView(newStrtab()),
 	}
 	if err := j.load(); err != nil {
 		if cerr := db.Close(); cerr != nil {
@@ -130,10 +137,10 @@ func openLoad(opts Options, log *slog.Logger) (*Journal, error) {
 // openDB is bolt.Open with its failures sorted: a lock timeout is
 // ErrLocked, environment trouble (permissions, disk, fds) is returned as
 // is, and anything else about the content is errCorrupt.
-func openDB(path string, timeout time.Duration) (db *bolt.DB, err error) {
+func openDB(path string, timeout time.Duration, readOnly bool) (db *bolt.DB, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer guard(&err)
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, ReadOnly: readOnly})
 	switch {
 	case err == nil:
 	case errors.Is(err, berrors.ErrTimeout):
@@ -179,7 +186,7 @@ func (j *Journal) load() (err error) {
 		}
 		return j.loadTx(tx)
 	})
-	if err != nil || !fresh {
+	if err != nil || !fresh || j.readOnly {
 		return err
 	}
 	if err := j.db.Update(initLayout); err != nil {
@@ -229,7 +236,7 @@ func (j *Journal) loadTx(tx *bolt.Tx) error {
 		return err
 	}
 	now := untilMS(j.now())
-	l := viewLoader{v: j.view, now: now}
+	l := &viewLoader{v: j.view, now: now}
 	if data := snap.Get(keySnapshot); data != nil {
 		if err := decodeBatch(data, l); err != nil {
 			return corrupt("snapshot: %v", err)
@@ -251,6 +258,9 @@ func (j *Journal) loadTx(tx *bolt.Tx) error {
 		}
 		j.events++
 	}
+	// Values were replayed at their own write time; drop what has expired
+	// since, as loading at now would have.
+	j.view.Expire(msTime(now))
 	// bbolt keeps no checksums of its pages. Its consistency check walks
 	// every page (cheap: a 100k journal is a few hundred pages) and catches
 	// damage that would otherwise panic a later write on the enforcer's

@@ -17,7 +17,7 @@ import (
 // for concurrent use, so that a metrics scrape (Journal.Stats) or a debug
 // endpoint may read it while the enforcer works.
 //
-// Memory: entries are packed (a 32-byte key, a 16-byte value; strings are
+// Memory: entries are packed (a 32-byte key, a 24-byte value; strings are
 // interned indices), so 100k decisions cost a few MB rather than tens.
 type View struct {
 	mu       sync.RWMutex
@@ -35,9 +35,10 @@ type vkey struct {
 	scope, typ uint32
 }
 
-// vval is the packed rest of a Decision.
+// vval is the packed rest of a Decision, plus when it was first received.
 type vval struct {
 	until            int64 // unix ms
+	since            int64 // unix ms, 0 = unknown (journaled before since was kept)
 	origin, scenario uint32
 }
 
@@ -118,6 +119,14 @@ func (v *View) decision(k vkey, val vval) Decision {
 // A record already expired at now removes the key instead. It returns the
 // packed key, the previous entry if any, and whether r was inserted.
 func (v *View) upsert(r record, now int64) (k vkey, old vval, existed, inserted bool) {
+	return v.upsertPrev(v.m, r, now)
+}
+
+// upsertPrev is upsert taking the decision's since from prev: a key prev
+// holds, unexpired at now and with the same origin, is an extension and
+// keeps its since; otherwise the decision is new and gets r.since. A full
+// batch builds a fresh map, so it passes the old view as prev.
+func (v *View) upsertPrev(prev map[vkey]vval, r record, now int64) (k vkey, old vval, existed, inserted bool) {
 	k = v.internKey(r.prefix, r.scope, r.typ)
 	old, existed = v.m[k]
 	if r.until <= now {
@@ -129,7 +138,12 @@ func (v *View) upsert(r record, now int64) (k vkey, old vval, existed, inserted 
 	if !existed {
 		v.noteCombo(k)
 	}
-	v.m[k] = vval{until: r.until, origin: v.strs.intern(r.origin), scenario: v.strs.intern(r.scenario)}
+	origin := v.strs.intern(r.origin)
+	since := r.since
+	if p, ok := prev[k]; ok && p.origin == origin && p.until > now {
+		since = p.since
+	}
+	v.m[k] = vval{until: r.until, since: since, origin: origin, scenario: v.strs.intern(r.scenario)}
 	if r.until < v.minUntil {
 		v.minUntil = r.until
 	}
@@ -147,18 +161,30 @@ func (v *View) noteCombo(k vkey) {
 }
 
 // viewLoader applies a decoded record to a view (Open's rebuild path).
+//
+// It replays each value at the time it was written (when known), not at
+// load time: an extension of a key that has expired since must still find
+// the key and keep its since, as Append did. What expired by load time is
+// swept afterwards (View.Expire), which leaves the same set of keys.
 type viewLoader struct {
-	v   *View
-	now int64
+	v     *View
+	now   int64 // load time
+	atNow int64 // the current value's write time, capped at now
 }
 
-func (l viewLoader) full(n int) {
+func (l *viewLoader) full(n int) {
 	// Sizing the map once avoids rehashing 100k entries several times.
 	l.v.m = make(map[vkey]vval, n)
 	l.v.minUntil = math.MaxInt64
 }
-func (l viewLoader) add(r record) { l.v.upsert(r, l.now) }
-func (l viewLoader) del(k Key) {
+func (l *viewLoader) at(ms int64) {
+	l.atNow = l.now
+	if ms != 0 && ms < l.now {
+		l.atNow = ms
+	}
+}
+func (l *viewLoader) add(r record) { l.v.upsert(r, l.atNow) }
+func (l *viewLoader) del(k Key) {
 	if pk, ok := l.v.packKey(k); ok {
 		delete(l.v.m, pk)
 	}
@@ -203,6 +229,44 @@ func (v *View) ForPrefix(p netip.Prefix) []Decision {
 		}
 	}
 	return out
+}
+
+// Since returns when the bouncer first received the decision held for k:
+// the append time of the batch that brought k into the view or moved it to
+// another origin; an extension keeps it. ok is false when k is not in the
+// view; a zero time with ok true means unknown (journaled by an older
+// version, which did not record it).
+func (v *View) Since(k Key) (since time.Time, ok bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	pk, ok := v.packKey(k)
+	if !ok {
+		return time.Time{}, false
+	}
+	val, ok := v.m[pk]
+	if !ok {
+		return time.Time{}, false
+	}
+	return sinceTime(val.since), true
+}
+
+// EachSince is Each with each decision's since (zero = unknown), for
+// inspection tools that list the whole view.
+func (v *View) EachSince(fn func(d Decision, since time.Time) bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	for k, val := range v.m {
+		if !fn(v.decision(k, val), sinceTime(val.since)) {
+			return
+		}
+	}
+}
+
+func sinceTime(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return msTime(ms)
 }
 
 // Active returns the decisions still in force at now (Until > now), in no
@@ -269,7 +333,8 @@ func (v *View) encode(now int64) []byte {
 	if base == math.MaxInt64 {
 		base = 0
 	}
-	e := newEncoder(true, base, len(v.m))
+	e := newEncoder(true, base, now, len(v.m))
+	e.since = true
 	for k, val := range v.m {
 		if val.until <= now {
 			continue
@@ -278,6 +343,7 @@ func (v *View) encode(now int64) []byte {
 			prefix: k.prefix(), until: val.until,
 			origin: v.strs.list[val.origin], scenario: v.strs.list[val.scenario],
 			typ: v.strs.list[k.typ], scope: v.strs.list[k.scope],
+			since: val.since,
 		})
 	}
 	return e.finish()

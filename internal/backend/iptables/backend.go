@@ -72,6 +72,15 @@ func (b *Backend) SetOriginNames(names map[int]string) {
 	b.originNames = maps.Clone(names)
 }
 
+// ExpectOrigins records origins whose sets and rules another process (the
+// daemon) made, without touching the kernel, so that Verify checks their
+// match rules: what an offline `check` needs, where Ensure must not run.
+func (b *Backend) ExpectOrigins(origins []int) {
+	for _, o := range origins {
+		b.origins[o] = true
+	}
+}
+
 // SetKeyOf maps an entry's origin and family to the set that holds it. In
 // ipset mode every origin shares one set per family, reported as origin 0;
 // callers computing Verify's want or comparing Members use this.
