@@ -53,7 +53,9 @@ func TestBenchStartup(t *testing.T) {
 	ref := ipsetRestoreReference(t, n)
 	fmt.Printf("bench reference: ipset restore of %d entries: %v\n", n, ref.Round(time.Millisecond))
 
-	cfg := writeConfig(t, nil, bouncerOpts{URL: "http://" + ln.Addr().String() + "/", Key: "bench"})
+	port := freePort(t)
+	cfg := writeConfig(t, nil, bouncerOpts{URL: "http://" + ln.Addr().String() + "/", Key: "bench",
+		Extra: fmt.Sprintf("prometheus:\n  enabled: true\n  listen_addr: 127.0.0.1\n  listen_port: %d", port)})
 	start := time.Now()
 	b := launch(t, cfg)
 	if os.Getenv("CSJB_BENCH_VERBOSE") != "" {
@@ -78,8 +80,11 @@ func TestBenchStartup(t *testing.T) {
 	fmt.Printf("bench full wipe at %s → %d bans enforced again: %v (upstream: never)\n", fault.UTC().Format("15:04:05.000"), n, healed.Round(time.Millisecond))
 	b.waitLog(t, "repaired drift", 5*time.Second)
 	for _, l := range strings.Split(b.out.String(), "\n") {
-		if strings.Contains(l, "repair") || strings.Contains(l, "level=ERROR") {
-			fmt.Printf("bench repair log: %.400s\n", l)
+		if strings.Contains(l, "repaired drift") {
+			i := strings.Index(l, "replayed=")
+			fmt.Printf("bench rebuild + replay itself (from the repair log): %s\n", l[max(i, 0):])
+		} else if strings.Contains(l, "level=ERROR") {
+			fmt.Printf("bench error: %.300s\n", l)
 		}
 	}
 
@@ -92,6 +97,20 @@ func TestBenchStartup(t *testing.T) {
 	idle := float64(c1-c0) / 100 / time.Since(w0).Seconds() * 100
 	fmt.Printf("bench idle CPU with %d bans: %.2f%% of one core\n", n, idle)
 	fmt.Printf("bench peak RSS (cold start, heal, idle): %d MB (upstream measured 81 MB)\n", peakRSS(t, b.cmd.Process.Pid)/1024)
+
+	// One verify pass, as the daemon measures it, and /metrics scrapes.
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	var verifySum float64
+	const scrapes = 50
+	rss0 := currentRSS(t, b.cmd.Process.Pid)
+	s0 := time.Now()
+	for range scrapes {
+		_, fams := scrape(t, base)
+		verifySum += value(fams, "cs_journal_bouncer_verify_duration_seconds", nil)
+	}
+	perScrape := time.Since(s0) / scrapes
+	fmt.Printf("bench verify pass with %d bans: %.2f ms (mean of the last pass over %d scrapes)\n", n, verifySum/scrapes*1000, scrapes)
+	fmt.Printf("bench /metrics scrape with %d bans: %v per scrape; RSS %d → %d MB over %d scrapes\n", n, perScrape.Round(100*time.Microsecond), rss0/1024, currentRSS(t, b.cmd.Process.Pid)/1024, scrapes)
 	b.stop(t) // on_shutdown: remove
 
 	// Restart from the journal with LAPI down.
@@ -206,15 +225,20 @@ func cpuTicks(t *testing.T, pid int) int64 {
 	return ut + st
 }
 
+// currentRSS returns VmRSS in KiB.
+func currentRSS(t *testing.T, pid int) int { return procStatusKB(t, pid, "VmRSS:") }
+
 // peakRSS returns VmHWM in KiB.
-func peakRSS(t *testing.T, pid int) int {
+func peakRSS(t *testing.T, pid int) int { return procStatusKB(t, pid, "VmHWM:") }
+
+func procStatusKB(t *testing.T, pid int, field string) int {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(l, field); ok {
 			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 			return kb
 		}

@@ -288,3 +288,18 @@ func TestCLIUsesAdminSocket(t *testing.T) {
 		}
 	}
 }
+
+func TestMemLimitFor(t *testing.T) {
+	for _, c := range []struct {
+		live uint64
+		want int64
+	}{
+		{0, memLimitFloor},
+		{10 << 20, memLimitFloor},
+		{100 << 20, 216 << 20},
+	} {
+		if got := memLimitFor(c.live); got != c.want {
+			t.Errorf("memLimitFor(%d MiB) = %d MiB, want %d MiB", c.live>>20, got>>20, c.want>>20)
+		}
+	}
+}

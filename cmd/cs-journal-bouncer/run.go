@@ -59,6 +59,9 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	}
 	defer lc.Close()
 	start := time.Now()
+	memCtx, stopMem := context.WithCancel(ctx)
+	defer stopMem()
+	go func() { _ = tuneMemoryLimit(memCtx, log) }()
 	log.Info("starting", "version", version, "mode", cfg.Mode, "journal", cfg.JournalPath)
 
 	j, err := journal.Open(journal.Options{Path: cfg.JournalPath, Logger: log})
