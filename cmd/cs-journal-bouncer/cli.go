@@ -120,7 +120,7 @@ func runCLI(args []string, cfgPath string, verbose bool, stdout, stderr io.Write
 
 	res, err := config.Load(o.cfgPath, os.LookupEnv)
 	if err != nil {
-		fmt.Fprintf(stderr, "cs-journal-bouncer: config %s: %v\n", o.cfgPath, err)
+		fmt.Fprintf(stderr, "cs-journal-bouncer: %v\n", err)
 		return exitError
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
