@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -146,18 +145,7 @@ func TestE2EReplayFailureExitsWithCode3(t *testing.T) {
 		return
 	}
 	l := testenv.StartLAPI(t)
-	dir := t.TempDir()
-	flag := filepath.Join(dir, "fail")
-	for _, tool := range []string{"iptables-restore", "ip6tables-restore"} {
-		real, err := lookPath(tool)
-		if err != nil {
-			t.Fatal(err)
-		}
-		script := fmt.Sprintf("#!/bin/sh\n[ -e %q ] && { echo 'injected failure' >&2; exit 1; }\nexec %q \"$@\"\n", flag, real)
-		if err := os.WriteFile(filepath.Join(dir, tool), []byte(script), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir, flag := brokenRestore(t, false)
 	cfg := writeConfig(t, l, bouncerOpts{Extra: "  max_replay_attempts: 3\n  backoff_initial: 100ms\n  backoff_max: 200ms"})
 	b := startBouncer(t, cfg, "PATH="+dir+":"+os.Getenv("PATH"))
 	l.CSCLI(t, "decisions", "add", "--ip", "192.0.2.10", "-d", "4h")

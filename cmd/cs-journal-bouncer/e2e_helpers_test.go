@@ -340,4 +340,28 @@ func tryRun(name string, args ...string) (string, error) {
 	return string(out), err
 }
 
-func lookPath(name string) (string, error) { return exec.LookPath(name) }
+// brokenRestore puts iptables-restore and ip6tables-restore wrappers in a
+// directory to prepend to the daemon's PATH: they run the real tool, except
+// while the returned flag file exists, when they fail (hang=false) or block
+// (hang=true, like a stuck xtables lock). The faults are real processes
+// failing, not hooks in the daemon.
+func brokenRestore(t *testing.T, hang bool) (dir, flag string) {
+	t.Helper()
+	dir = t.TempDir()
+	flag = filepath.Join(dir, "fail")
+	fault := "[ -e %q ] && { echo 'injected failure' >&2; exit 1; }"
+	if hang {
+		fault = "while [ -e %q ]; do sleep 0.1; done"
+	}
+	for _, tool := range []string{"iptables-restore", "ip6tables-restore"} {
+		real, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := fmt.Sprintf("#!/bin/sh\n"+fault+"\nexec %q \"$@\"\n", flag, real)
+		if err := os.WriteFile(filepath.Join(dir, tool), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, flag
+}

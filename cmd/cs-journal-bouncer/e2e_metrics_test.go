@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -113,18 +112,7 @@ func TestE2EMetricsAndHealth(t *testing.T) {
 	}
 	l := testenv.StartLAPI(t)
 	p := testenv.NewPeers(t)
-	dir := t.TempDir()
-	flag := filepath.Join(dir, "fail")
-	for _, tool := range []string{"iptables-restore", "ip6tables-restore"} {
-		real, err := lookPath(tool)
-		if err != nil {
-			t.Fatal(err)
-		}
-		script := fmt.Sprintf("#!/bin/sh\n[ -e %q ] && { echo 'injected failure' >&2; exit 1; }\nexec %q \"$@\"\n", flag, real)
-		if err := os.WriteFile(filepath.Join(dir, tool), []byte(script), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir, flag := brokenRestore(t, false)
 	port := freePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	cfg := writeConfig(t, l, bouncerOpts{Extra: fmt.Sprintf("  backoff_initial: 20s\n  backoff_max: 20s\nprometheus:\n  enabled: true\n  listen_addr: 127.0.0.1\n  listen_port: %d", port)})

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,18 +20,7 @@ func TestE2ESystemdNotifyAndWatchdog(t *testing.T) {
 	}
 	l := testenv.StartLAPI(t)
 	sock, msgs := sdnotifytest.Listen(t)
-	dir := t.TempDir()
-	flag := filepath.Join(dir, "fail")
-	for _, tool := range []string{"iptables-restore", "ip6tables-restore"} {
-		real, err := lookPath(tool)
-		if err != nil {
-			t.Fatal(err)
-		}
-		script := fmt.Sprintf("#!/bin/sh\nwhile [ -e %q ]; do sleep 0.1; done\nexec %q \"$@\"\n", flag, real)
-		if err := os.WriteFile(filepath.Join(dir, tool), []byte(script), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir, flag := brokenRestore(t, true)
 	cfg := writeConfig(t, l, bouncerOpts{})
 	// WatchdogSec=4s: pings every second while the loop (1s ticks) is alive.
 	b := launch(t, cfg, "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=4000000", "PATH="+dir+":"+os.Getenv("PATH"))
