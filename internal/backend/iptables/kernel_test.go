@@ -130,7 +130,15 @@ func TestKernelEnsureIdempotent(t *testing.T) {
 	}
 	// A hooked chain that appears later gets its jump on the next Ensure,
 	// at position 1, before a rule already there.
+	if d, err := b.Verify(ctx, nil); err != nil || !d.None() {
+		t.Fatalf("Verify with DOCKER-USER absent = %+v, %v: a missing hooked chain is not drift", d, err)
+	}
 	sh(t, "iptables -N DOCKER-USER && iptables -A DOCKER-USER -j RETURN")
+	// Verify notices the chain appeared without our jump, so the heal loop
+	// calls Ensure.
+	if d, err := b.Verify(ctx, nil); err != nil || !slices.Contains(d.Kinds, "jump") {
+		t.Fatalf("Verify after DOCKER-USER appeared = %+v, %v, want jump drift", d, err)
+	}
 	if err := b.Ensure(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
