@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in iptables:iptables ipset:ipset nft:nftables ip:iproute2 ping:iputils-ping \
-            curl:curl unshare:util-linux; do
+            curl:curl unshare:util-linux systemd-analyze:systemd; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
