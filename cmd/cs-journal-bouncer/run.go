@@ -173,21 +173,12 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	}
 	closeCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if cerr := enf.Close(closeCtx, keep); cerr != nil {
-		err = errors.Join(err, cerr)
-	}
+	cerr := enf.Close(closeCtx, keep)
 	log.Info("stopped", "kept_rules", keep)
 	if clean {
-		return errors.Join(ignoreCanceled(err))
+		err = nil // the cancellation we asked for is not a failure; Close's errors are
 	}
-	return err
-}
-
-func ignoreCanceled(err error) error {
-	if errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
+	return errors.Join(err, cerr)
 }
 
 func backendConfig(cfg *config.Config, log *slog.Logger) iptables.Config {
