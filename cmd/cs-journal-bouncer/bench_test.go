@@ -1,3 +1,5 @@
+//go:build bench
+
 package main
 
 import (
@@ -15,15 +17,12 @@ import (
 	"time"
 )
 
-// TestBenchStartup prints the figures of `make bench` (CSJB_BENCH=1): process
+// TestBenchStartup prints the figures of `make bench` (built only with -tags bench): process
 // start → 100k bans in the kernel with a LAPI stand-in, restart from the
 // journal with LAPI down, peak RSS, heal after a full wipe and idle CPU, each
 // beside a reference measured in the same run (raw `ipset restore` of the
 // same entries). Timings are printed, never asserted: they vary ±30% here.
 func TestBenchStartup(t *testing.T) {
-	if os.Getenv("CSJB_BENCH") != "1" {
-		t.Skip("set CSJB_BENCH=1 (make bench)")
-	}
 	if !e2eSetup(t) {
 		return
 	}
@@ -139,11 +138,6 @@ func streamBody(n int) []byte {
 	}
 	b.WriteString(`],"deleted":null}`)
 	return b.Bytes()
-}
-
-// benchAddr is the i-th address of 198.18.0.0/15 (131072 addresses).
-func benchAddr(i int) string {
-	return fmt.Sprintf("198.%d.%d.%d", 18+i/65536, (i/256)%256, i%256)
 }
 
 func ipsetRestoreReference(t *testing.T, n int) time.Duration {

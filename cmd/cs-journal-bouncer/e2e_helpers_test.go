@@ -365,3 +365,8 @@ func brokenRestore(t *testing.T, hang bool) (dir, flag string) {
 	}
 	return dir, flag
 }
+
+// benchAddr is the i-th address of 198.18.0.0/15 (131072 addresses).
+func benchAddr(i int) string {
+	return fmt.Sprintf("198.%d.%d.%d", 18+i/65536, (i/256)%256, i%256)
+}

@@ -1,3 +1,5 @@
+//go:build bench
+
 package metrics
 
 import (
@@ -6,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -21,11 +22,8 @@ import (
 
 // TestBenchScrape times GET /metrics with 100k bans in the kernel (real
 // backend, fresh network namespace) and a 100k-entry journal, and checks
-// that the heap does not grow across scrapes. Run with CSJB_BENCH=1.
+// that the heap does not grow across scrapes. Built only with -tags bench (make bench).
 func TestBenchScrape(t *testing.T) {
-	if os.Getenv("CSJB_BENCH") != "1" {
-		t.Skip("set CSJB_BENCH=1 to run")
-	}
 	if !testenv.InFreshNetns(t) {
 		return
 	}

@@ -3,9 +3,7 @@ package iptables
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -484,59 +482,6 @@ func TestKernelReplay100k(t *testing.T) {
 	}
 	sh(t, "ipset destroy small4")
 }
-
-// TestBenchReplay measures Replay of 100k IPv4 entries into an empty
-// kernel against `ipset restore` of the same entries, and a Verify pass.
-// Run with CSJB_BENCH=1.
-func TestBenchReplay(t *testing.T) {
-	if benchDisabled() {
-		t.Skip("set CSJB_BENCH=1 to run")
-	}
-	if !testenv.InFreshNetns(t) {
-		return
-	}
-	ctx := t.Context()
-	entries := v4Entries(100000, time.Hour)
-	var script strings.Builder
-	script.WriteString("create ref hash:net family inet hashsize 1024 maxelem 131072 timeout 0\n")
-	for _, e := range entries {
-		fmt.Fprintf(&script, "add ref %s timeout 3600\n", e.Prefix.Addr())
-	}
-	cmd := exec.Command("ipset", "restore")
-	cmd.Stdin = strings.NewReader(script.String())
-	start := time.Now()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("ipset restore: %v %s", err, out)
-	}
-	ref := time.Since(start)
-
-	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
-	if err := b.Ensure(ctx, []int{0}); err != nil {
-		t.Fatal(err)
-	}
-	sh(t, "ipset destroy ref")
-	start = time.Now()
-	if err := b.Replay(ctx, entries); err != nil {
-		t.Fatal(err)
-	}
-	ours := time.Since(start)
-	want := map[backend.SetKey]int{{}: 100000}
-	if _, err := b.Verify(ctx, want); err != nil { // first pass reads the tables
-		t.Fatal(err)
-	}
-	const passes = 100
-	start = time.Now()
-	for range passes {
-		if d, err := b.Verify(ctx, want); err != nil || !d.None() {
-			t.Fatalf("Verify = %+v, %v", d, err)
-		}
-	}
-	verify := time.Since(start) / passes
-	t.Logf("100k IPv4: ipset restore %v, Replay %v (ratio %.1fx); Verify pass %v", ref, ours, float64(ref)/float64(ours), verify)
-}
-
-// benchDisabled keeps the benchmark out of ordinary test runs.
-func benchDisabled() bool { return os.Getenv("CSJB_BENCH") != "1" }
 
 // Another process listing our sets (monitoring, an admin's `ipset list`)
 // holds a reference for the length of its dump; swap and destroy answer EBUSY
