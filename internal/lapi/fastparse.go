@@ -2,131 +2,216 @@ package lapi
 
 // The hand parser for the list elements LAPI really sends: a flat object
 // whose keys are the model's json names in lower case, with plain ASCII
-// strings (no escapes), integer ids, bools and nulls. It gives up (returns
-// false) on anything else, and encoding/json then decodes the element, so
-// the hand parser only has to be right on what it accepts: for that input it
-// does what json.Unmarshal into wireDecision does (later keys win, null
-// resets a field). Its input is a value the Decoder has already validated.
+// strings (no escapes), integer ids, bools, nulls, and unknown keys with any
+// value. It reads the element once, straight from the stream's window, and
+// validates what it reads as strictly as encoding/json (scan.go). It
+// declines (scanSlow) anything else, and the element is then validated by
+// skipValue and decoded by encoding/json, so the hand parser only has to be
+// right on what it accepts: for that input it does what json.Unmarshal into
+// wireDecision does (later keys win, null resets a field, unknown keys are
+// ignored).
 //
 // Why: decoding 100k elements with encoding/json costs one reflective walk
 // and one string allocation per field; this parser allocates only the value
 // and duration strings and looks the repeated strings (origin, scenario,
 // scope, type) up in the interning table without allocating.
 
+import "encoding/json"
+
 // maxFastIDDigits: ids with more digits go to encoding/json, which decides
 // whether they fit an int64.
 const maxFastIDDigits = 18
 
-// parseFast fills e from b, or returns false and leaves the element to
-// encoding/json.
+// element is one list element being decoded, in a wire struct reused from
+// element to element.
+type element struct {
+	n    *normalizer
+	w    wireDecision
+	null bool
+}
+
+// parseFast fills e from b, one whole value with optional whitespace around
+// it, or returns false and leaves the element to encoding/json.
 func (e *element) parseFast(b []byte) bool {
 	i := skipSpace(b, 0)
-	if i < len(b) && b[i] == 'n' { // null: the model's nil decision
-		e.null = true
-		return true
+	k, st := e.scan(b[i:])
+	return st == scanOK && skipSpace(b, i+k) == len(b)
+}
+
+// decodeSlow decodes b, one element that skipValue has validated, with
+// encoding/json.
+func (e *element) decodeSlow(b []byte) error {
+	e.w = wireDecision{}
+	p := &e.w
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
 	}
-	if i >= len(b) || b[i] != '{' {
-		return false
+	e.null = p == nil
+	return nil
+}
+
+// scan parses the element at b[0] and returns its length. It returns
+// scanMore when b ends first (the caller refills and calls again from the
+// start) and scanSlow for anything it does not handle, never scanBad: the
+// validator decides what is an error.
+func (e *element) scan(b []byte) (int, scanStatus) {
+	if len(b) == 0 {
+		return 0, scanMore
+	}
+	switch b[0] {
+	case 'n': // null: the model's nil decision
+		i, st := literal(b, 0, "null")
+		e.null = st == scanOK
+		return i, fast(st)
+	case '{':
+	default:
+		return 0, scanSlow
 	}
 	e.null = false
 	e.w = wireDecision{}
 	w := &e.w
-	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return true
+	i := skipSpace(b, 1)
+	if i >= len(b) {
+		return i, scanMore
+	}
+	if b[i] == '}' {
+		return i + 1, scanOK
 	}
 	for {
-		key, j, ok := plainString(b, i)
-		if !ok {
-			return false
+		key, j, st := plainString(b, i)
+		if st != scanOK {
+			return j, st
 		}
 		i = skipSpace(b, j)
-		if i >= len(b) || b[i] != ':' {
-			return false
+		if i >= len(b) {
+			return i, scanMore
+		}
+		if b[i] != ':' {
+			return i, scanSlow
 		}
 		i = skipSpace(b, i+1)
 		switch string(key) {
 		case "duration":
-			i, ok = e.stringField(b, i, &w.Duration, false)
+			i, st = e.stringField(b, i, &w.Duration, false)
 		case "value":
-			i, ok = e.stringField(b, i, &w.Value, false)
+			i, st = e.stringField(b, i, &w.Value, false)
 		case "origin":
-			i, ok = e.stringField(b, i, &w.Origin, true)
+			i, st = e.stringField(b, i, &w.Origin, true)
 		case "scenario":
-			i, ok = e.stringField(b, i, &w.Scenario, true)
+			i, st = e.stringField(b, i, &w.Scenario, true)
 		case "scope":
-			i, ok = e.stringField(b, i, &w.Scope, true)
+			i, st = e.stringField(b, i, &w.Scope, true)
 		case "type":
-			i, ok = e.stringField(b, i, &w.Type, true)
+			i, st = e.stringField(b, i, &w.Type, true)
 		case "simulated":
-			i, ok = boolField(b, i, &w.Simulated)
+			i, st = boolField(b, i, &w.Simulated)
 		case "id":
-			i, ok = intField(b, i)
+			i, st = intField(b, i)
 		case "uuid", "until":
-			i, ok = anyStringField(b, i)
+			i, st = anyStringField(b, i)
 		default:
-			// other spellings need encoding/json's case folding, and
-			// unknown keys may hold any value
-			return false
+			if knownKey(key) {
+				// another spelling of a field: encoding/json's case folding
+				return i, scanSlow
+			}
+			i, st = skipValue(b, i, elementDepth)
+			st = fast(st)
 		}
-		if !ok {
-			return false
+		if st != scanOK {
+			return i, st
 		}
 		i = skipSpace(b, i)
 		if i >= len(b) {
-			return false
+			return i, scanMore
 		}
 		switch b[i] {
 		case ',':
 			i = skipSpace(b, i+1)
 		case '}':
-			return true
+			return i + 1, scanOK
 		default:
-			return false
+			return i, scanSlow
 		}
 	}
 }
 
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
+// fast turns the validator's scanBad into the element parser's scanSlow.
+func fast(st scanStatus) scanStatus {
+	if st == scanBad {
+		return scanSlow
 	}
-	return i
+	return st
+}
+
+// wireNames are the json names of wireDecision's fields.
+var wireNames = [...]string{"duration", "origin", "scenario", "scope", "type", "value", "simulated", "id", "uuid", "until"}
+
+// knownKey reports whether the ASCII key matches a field of wireDecision
+// case-insensitively, as encoding/json matches keys (for ASCII its folding
+// is ASCII case folding).
+func knownKey(key []byte) bool {
+	for _, name := range wireNames {
+		if asciiEqualFold(key, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		c, d := b[i], s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if 'A' <= d && d <= 'Z' {
+			d += 'a' - 'A'
+		}
+		if c != d {
+			return false
+		}
+	}
+	return true
 }
 
 // plainString returns the contents of the string at b[i] and the index after
-// it; ok is false unless it is a string of ASCII without escapes, the only
-// kind whose bytes are its value.
-func plainString(b []byte, i int) (s []byte, next int, ok bool) {
-	if i >= len(b) || b[i] != '"' {
-		return nil, i, false
+// it; it declines (scanSlow) all but printable ASCII without escapes, the
+// only strings whose bytes are their value.
+func plainString(b []byte, i int) (s []byte, next int, st scanStatus) {
+	if i >= len(b) {
+		return nil, i, scanMore
+	}
+	if b[i] != '"' {
+		return nil, i, scanSlow
 	}
 	for j := i + 1; j < len(b); j++ {
 		switch c := b[j]; {
 		case c == '"':
-			return b[i+1 : j], j + 1, true
-		case c == '\\' || c >= 0x80:
-			return nil, i, false
+			return b[i+1 : j], j + 1, scanOK
+		case c == '\\' || c < 0x20 || c >= 0x80:
+			return nil, j, scanSlow
 		}
 	}
-	return nil, i, false
+	return nil, len(b), scanMore
 }
 
-// isNull reports whether b[i:] starts with the literal null.
-func isNull(b []byte, i int) bool {
-	return len(b)-i >= 4 && string(b[i:i+4]) == "null"
-}
-
-// stringField sets a string field; interned strings are looked up without
-// allocating and stored once per distinct value.
-func (e *element) stringField(b []byte, i int, dst *jsonString, intern bool) (int, bool) {
-	if isNull(b, i) {
-		*dst = jsonString{}
-		return i + 4, true
+// stringField sets a string field from null or a plain string; interned
+// strings are looked up without allocating and stored once per distinct
+// value.
+func (e *element) stringField(b []byte, i int, dst *jsonString, intern bool) (int, scanStatus) {
+	if i < len(b) && b[i] == 'n' {
+		j, st := literal(b, i, "null")
+		if st == scanOK {
+			*dst = jsonString{}
+		}
+		return j, fast(st)
 	}
-	s, next, ok := plainString(b, i)
-	if !ok {
-		return i, false
+	s, next, st := plainString(b, i)
+	if st != scanOK {
+		return next, st
 	}
 	if intern {
 		v, hit := e.n.strs[string(s)]
@@ -138,63 +223,84 @@ func (e *element) stringField(b []byte, i int, dst *jsonString, intern bool) (in
 	} else {
 		*dst = jsonString{s: string(s), ok: true}
 	}
-	return next, true
+	return next, scanOK
 }
 
-func boolField(b []byte, i int, dst *jsonBool) (int, bool) {
-	switch {
-	case len(b)-i >= 4 && string(b[i:i+4]) == "true":
-		*dst = true
-		return i + 4, true
-	case len(b)-i >= 5 && string(b[i:i+5]) == "false":
-		*dst = false
-		return i + 5, true
-	case isNull(b, i):
-		*dst = false
-		return i + 4, true
+// boolField accepts true, false and null (the model's nil, false to the
+// rules).
+func boolField(b []byte, i int, dst *jsonBool) (int, scanStatus) {
+	if i >= len(b) {
+		return i, scanMore
 	}
-	return i, false
+	var lit string
+	switch b[i] {
+	case 't':
+		lit = "true"
+	case 'f':
+		lit = "false"
+	case 'n':
+		lit = "null"
+	default:
+		return i, scanSlow
+	}
+	j, st := literal(b, i, lit)
+	if st == scanOK {
+		*dst = jsonBool(lit == "true")
+	}
+	return j, fast(st)
 }
 
 // intField accepts null or an integer short enough to fit an int64; the id
-// is not kept.
-func intField(b []byte, i int) (int, bool) {
-	if isNull(b, i) {
-		return i + 4, true
+// is not kept. Fractions, exponents and long integers go to encoding/json:
+// they are type errors or need its range check.
+func intField(b []byte, i int) (int, scanStatus) {
+	if i >= len(b) {
+		return i, scanMore
+	}
+	if b[i] == 'n' {
+		j, st := literal(b, i, "null")
+		return j, fast(st)
 	}
 	j := i
-	if j < len(b) && b[j] == '-' {
-		j++
-	}
-	start := j
-	for j < len(b) && b[j] >= '0' && b[j] <= '9' {
-		j++
-	}
-	if j == start || j-start > maxFastIDDigits {
-		return i, false
-	}
-	if j < len(b) && (b[j] == '.' || b[j] == 'e' || b[j] == 'E') {
-		return i, false // a float: encoding/json's type error
-	}
-	return j, true
-}
-
-// anyStringField accepts null or any string (escapes included), keeping
-// nothing.
-func anyStringField(b []byte, i int) (int, bool) {
-	if isNull(b, i) {
-		return i + 4, true
-	}
-	if i >= len(b) || b[i] != '"' {
-		return i, false
-	}
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1, true
+	if b[j] == '-' {
+		if j++; j >= len(b) {
+			return j, scanMore
 		}
 	}
-	return i, false
+	start := j
+	switch {
+	case b[j] == '0':
+		j++
+	case isDigit(b[j]):
+		j = skipDigits(b, j)
+	default:
+		return j, scanSlow
+	}
+	if j-start > maxFastIDDigits {
+		return j, scanSlow
+	}
+	if j >= len(b) {
+		return j, scanMore // the number may go on
+	}
+	if c := b[j]; c == '.' || c == 'e' || c == 'E' || isDigit(c) {
+		return j, scanSlow // a float (encoding/json's type error) or a leading zero
+	}
+	return j, scanOK
+}
+
+// anyStringField accepts null or any valid string, keeping nothing.
+func anyStringField(b []byte, i int) (int, scanStatus) {
+	if i >= len(b) {
+		return i, scanMore
+	}
+	var st scanStatus
+	switch b[i] {
+	case 'n':
+		i, st = literal(b, i, "null")
+	case '"':
+		i, st = skipString(b, i)
+	default:
+		return i, scanSlow
+	}
+	return i, fast(st)
 }

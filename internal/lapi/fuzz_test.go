@@ -138,7 +138,7 @@ func FuzzDecodeStream(f *testing.F) {
 		}
 		n := newNormalizer(NormalizeOptions{})
 		n.now = testNow
-		gerr := n.decodeStream(json.NewDecoder(bytes.NewReader(data)))
+		gerr := n.decodeStream(bytes.NewReader(data))
 		if (werr != nil) != (gerr != nil) {
 			t.Fatalf("%q: model decode err %v, stream err %v", data, werr, gerr)
 		}

@@ -78,7 +78,7 @@ func (c *Client) pullBatch(ctx context.Context, startup bool, opts NormalizeOpti
 
 	n := newNormalizer(opts)
 	src := &clockReader{r: pr, now: now, n: n}
-	err = n.decodeStream(json.NewDecoder(src))
+	err = n.decodeStream(src)
 	if err == nil {
 		// Let the rest of the body through so Do returns with the body
 		// read to its end; an error there cannot undo a complete object
@@ -153,111 +153,198 @@ func (c *clockReader) Read(p []byte) (int, error) {
 	return k, err
 }
 
-// decodeStream walks the top-level object token by token and decodes list
-// elements one at a time, with encoding/json's rules for what
-// json.Decode into models.DecisionsStreamResponse accepts: keys match
-// case-insensitively, unknown keys are ignored, null lists are empty, a
+// decodeStream reads the top-level object and decodes list elements one at
+// a time, with encoding/json's rules for what json.Decode into
+// models.DecisionsStreamResponse accepts: keys match case-insensitively,
+// unknown keys are ignored (their values validated), null lists are empty, a
 // repeated key replaces the earlier list, an empty body or a top-level null
 // is an empty response, and nothing after the object is read. One quirk is
 // not copied: for a repeated key encoding/json merges the later list's
 // objects into the earlier list's, where PullBatch starts the list afresh
 // (LAPI never repeats a key).
-func (n *normalizer) decodeStream(dec *json.Decoder) error {
-	tok, err := dec.Token()
+func (n *normalizer) decodeStream(r io.Reader) error {
+	w := &window{r: r}
+	c, err := w.peek()
 	switch {
 	case err == io.EOF:
 		return nil
 	case err != nil:
 		return err
-	case tok == nil:
+	case c == 'n':
+		// a top-level null; encoding/json ignores what follows any
+		// top-level value
+		_, err := w.scan(scanNull, 0)
+		return err
+	case c != '{':
+		if _, st := skipValue([]byte{c}, 0, 0); st == scanBad {
+			return w.syntaxError(w.pos)
+		}
+		return fmt.Errorf("%w: starts with %q", errNotObject, c)
+	}
+	w.pos++
+	if c, err = w.peekIn(); err != nil {
+		return err
+	}
+	if c == '}' {
+		w.pos++
 		return nil
-	case tok != json.Delim('{'):
-		return fmt.Errorf("%w: starts with %v", errNotObject, tok)
 	}
-	for dec.More() {
-		tok, err := dec.Token()
+	for {
+		k, err := w.scan(scanString, 0)
 		if err != nil {
-			return unexpectedEOF(err)
+			return err
 		}
-		key, _ := tok.(string) // object keys are always strings
-		switch {
-		case strings.EqualFold(key, "new"):
-			err = n.decodeList(dec, false)
-		case strings.EqualFold(key, "deleted"):
-			err = n.decodeList(dec, true)
+		// classified now: the window moves on the next read
+		key, err := keyKind(w.buf[w.pos : w.pos+k])
+		if err != nil {
+			return err
+		}
+		w.pos += k
+		if err := w.expect(':'); err != nil {
+			return err
+		}
+		if _, err = w.peekIn(); err != nil { // the value's first byte
+			return err
+		}
+		switch key {
+		case keyNew:
+			err = n.scanList(w, false)
+		case keyDeleted:
+			err = n.scanList(w, true)
 		default:
-			err = dec.Decode(&skipValue{})
+			k, err = w.scan(scanAnyValue, topDepth)
+			w.pos += k
 		}
 		if err != nil {
-			return unexpectedEOF(err)
+			return err
+		}
+		if c, err = w.peekIn(); err != nil {
+			return err
+		}
+		switch c {
+		case ',':
+			w.pos++
+			if _, err = w.peekIn(); err != nil {
+				return err
+			}
+		case '}':
+			w.pos++ // and nothing after it is read
+			return nil
+		default:
+			return w.syntaxError(w.pos)
 		}
 	}
-	// the closing brace: a body that ends before it is truncated
-	if _, err := dec.Token(); err != nil {
-		return unexpectedEOF(err)
-	}
-	return nil
 }
 
-// decodeList decodes one list into the normalizer through a single reused
-// wire struct.
-func (n *normalizer) decodeList(dec *json.Decoder, deleted bool) error {
-	tok, err := dec.Token()
+// Top-level keys the decoder acts on.
+const (
+	keyOther = iota
+	keyNew
+	keyDeleted
+)
+
+// keyKind classifies the validated string literal b as encoding/json would
+// match it against the model's fields: decoded (escapes, U+FFFD for invalid
+// UTF-8) by encoding/json unless it is plain ASCII, then case-folded.
+func keyKind(b []byte) (int, error) {
+	raw := b[1 : len(b)-1]
+	key := ""
+	if plainASCII(raw) {
+		switch {
+		case asciiEqualFold(raw, "new"):
+			return keyNew, nil
+		case asciiEqualFold(raw, "deleted"):
+			return keyDeleted, nil
+		}
+		return keyOther, nil
+	}
+	if err := json.Unmarshal(b, &key); err != nil {
+		return 0, fmt.Errorf("decode key: %w", err)
+	}
+	switch {
+	case strings.EqualFold(key, "new"):
+		return keyNew, nil
+	case strings.EqualFold(key, "deleted"):
+		return keyDeleted, nil
+	}
+	return keyOther, nil
+}
+
+// scanList decodes one list, which starts at the window's position, into
+// the normalizer.
+func (n *normalizer) scanList(w *window, deleted bool) error {
+	n.startList(deleted, 0)
+	switch c := w.buf[w.pos]; c {
+	case 'n':
+		k, err := w.scan(scanNull, 0)
+		w.pos += k
+		return err
+	case '[':
+	default:
+		if _, st := skipValue([]byte{c}, 0, 0); st == scanBad {
+			return w.syntaxError(w.pos)
+		}
+		return fmt.Errorf("decisions list is not an array: starts with %q", c)
+	}
+	w.pos++
+	c, err := w.peekIn()
 	if err != nil {
 		return err
 	}
-	n.startList(deleted, 0)
-	switch {
-	case tok == nil:
+	if c == ']' {
+		w.pos++
 		return nil
-	case tok != json.Delim('['):
-		return fmt.Errorf("decisions list is not an array: starts with %v", tok)
 	}
+	n.listStarted() // a non-empty list is never nil, as in Normalize
 	e := element{n: n}
-	for i := 0; dec.More(); i++ {
-		if i == 0 {
-			n.listStarted() // a non-empty list is never nil, as in Normalize
-		}
-		if err := dec.Decode(&e); err != nil {
+	for {
+		if err := n.scanElement(w, &e); err != nil {
 			return err
 		}
-		if e.null {
-			n.add(nil)
-		} else {
-			n.add(&e.w.fields)
+		if c, err = w.peekIn(); err != nil {
+			return err
+		}
+		switch c {
+		case ',':
+			w.pos++
+			if _, err = w.peekIn(); err != nil {
+				return err
+			}
+		case ']':
+			w.pos++
+			return nil
+		default:
+			return w.syntaxError(w.pos)
 		}
 	}
-	_, err = dec.Token() // the closing bracket
-	return err
 }
 
-func unexpectedEOF(err error) error {
-	if err == io.EOF {
-		return io.ErrUnexpectedEOF
+// scanElement decodes the element at the window's position and adds it:
+// by hand when parseFast's shape allows, otherwise validated by skipValue
+// and decoded by encoding/json.
+func (n *normalizer) scanElement(w *window, e *element) error {
+	k, st := e.scan(w.buf[w.pos:])
+	for st == scanMore {
+		if !w.more(len(w.buf) - w.pos) {
+			return w.truncated()
+		}
+		k, st = e.scan(w.buf[w.pos:])
 	}
-	return err
-}
-
-// element decodes one list element into its reused wire struct: the
-// common shape by hand (parseFast), anything else with encoding/json.
-type element struct {
-	n    *normalizer
-	w    wireDecision
-	null bool
-}
-
-// UnmarshalJSON implements json.Unmarshaler; b is one complete, valid JSON
-// value (the Decoder has checked it).
-func (e *element) UnmarshalJSON(b []byte) error {
-	if e.parseFast(b) {
-		return nil
+	if st != scanOK {
+		var err error
+		if k, err = w.scan(scanAnyValue, listDepth); err != nil {
+			return err
+		}
+		if err := e.decodeSlow(w.buf[w.pos : w.pos+k]); err != nil {
+			return err
+		}
 	}
-	e.w = wireDecision{}
-	p := &e.w
-	if err := json.Unmarshal(b, &p); err != nil {
-		return err
+	w.pos += k
+	if e.null {
+		n.add(nil)
+	} else {
+		n.add(&e.w.fields)
 	}
-	e.null = p == nil
 	return nil
 }
 
@@ -336,9 +423,3 @@ func (*checkString) UnmarshalJSON(b []byte) error {
 	var s string
 	return json.Unmarshal(b, &s)
 }
-
-// skipValue consumes a value of any type without keeping it.
-type skipValue struct{}
-
-// UnmarshalJSON implements json.Unmarshaler.
-func (*skipValue) UnmarshalJSON([]byte) error { return nil }
