@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -195,4 +196,26 @@ func TestE2EDoesNotFight(t *testing.T) {
 	}
 	// Once the other program stops, we win within the longest backoff.
 	requireDropped(t, p, p.Banned4, 15*time.Second)
+}
+
+// A clean stop with on_shutdown: remove that cannot remove our rules says so
+// and exits 1, rather than reporting success over rules left behind.
+func TestE2EStopReportsRemovalFailure(t *testing.T) {
+	if !e2eSetup(t) {
+		return
+	}
+	l := testenv.StartLAPI(t)
+	dir, flag := brokenRestore(t, false)
+	b := startBouncer(t, writeConfig(t, l, bouncerOpts{}), "PATH="+dir+":"+os.Getenv("PATH"))
+	b.waitLog(t, "pulled decisions", within)
+	if err := os.WriteFile(flag, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.cmd.Process.Signal(syscall.SIGTERM)
+	if code := b.wait(t, 30*time.Second); code != 1 {
+		t.Fatalf("exit code %d when the rules could not be removed, want 1", code)
+	}
+	if !strings.Contains(b.out.String(), "injected failure") {
+		t.Fatalf("the removal error is not reported:\n%s", tail(b.out.String(), 10))
+	}
 }

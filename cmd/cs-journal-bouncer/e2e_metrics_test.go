@@ -174,6 +174,9 @@ func TestE2EMetricsAndHealth(t *testing.T) {
 	if err := os.WriteFile(flag, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Let the final SIGTERM remove our rules for real (cleanups run last-in
+	// first-out: this one before the bouncer's stop).
+	t.Cleanup(func() { _ = os.Remove(flag) })
 	both("-D INPUT -j CROWDSEC_CHAIN")(t, "", "")
 	b.waitLog(t, "replay failed", within)
 	if code, st := health(t, base); code != 503 || st != "unhealthy" {
