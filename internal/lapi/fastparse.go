@@ -120,17 +120,9 @@ func (e *element) scan(b []byte) (int, scanStatus) {
 		if st != scanOK {
 			return i, st
 		}
-		i = skipSpace(b, i)
-		if i >= len(b) {
-			return i, scanMore
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
-			return i + 1, scanOK
-		default:
-			return i, scanSlow
+		var done bool
+		if i, done, st = afterMember(b, i, '}', scanSlow); st != scanOK || done {
+			return i, st
 		}
 	}
 }

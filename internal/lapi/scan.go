@@ -229,17 +229,9 @@ func skipObject(b []byte, i, depth int) (int, scanStatus) {
 		if i, st = skipValue(b, skipSpace(b, i+1), depth); st != scanOK {
 			return i, st
 		}
-		i = skipSpace(b, i)
-		if i >= len(b) {
-			return i, scanMore
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
-			return i + 1, scanOK
-		default:
-			return i, scanBad
+		var done bool
+		if i, done, st = afterMember(b, i, '}', scanBad); st != scanOK || done {
+			return i, st
 		}
 	}
 }
@@ -261,17 +253,9 @@ func skipArray(b []byte, i, depth int) (int, scanStatus) {
 		if i, st = skipValue(b, i, depth); st != scanOK {
 			return i, st
 		}
-		i = skipSpace(b, i)
-		if i >= len(b) {
-			return i, scanMore
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case ']':
-			return i + 1, scanOK
-		default:
-			return i, scanBad
+		var done bool
+		if i, done, st = afterMember(b, i, ']', scanBad); st != scanOK || done {
+			return i, st
 		}
 	}
 }
@@ -391,4 +375,23 @@ func literal(b []byte, i int, lit string) (int, scanStatus) {
 		}
 	}
 	return i + len(lit), scanOK
+}
+
+// afterMember steps over what follows a member at b[i] (spaces first): a
+// comma and the spaces after it (done false), or the closer (done true).
+// Anything else yields bad, which callers choose (scanBad, or scanSlow to
+// leave the element to the exact path).
+func afterMember(b []byte, i int, closer byte, bad scanStatus) (int, bool, scanStatus) {
+	i = skipSpace(b, i)
+	if i >= len(b) {
+		return i, false, scanMore
+	}
+	switch b[i] {
+	case ',':
+		return skipSpace(b, i+1), false, scanOK
+	case closer:
+		return i + 1, true, scanOK
+	default:
+		return i, false, bad
+	}
 }

@@ -218,20 +218,9 @@ func (n *normalizer) decodeStream(r io.Reader) error {
 		if err != nil {
 			return err
 		}
-		if c, err = w.peekIn(); err != nil {
+		// Nothing after the closing brace is read.
+		if done, err := w.afterMember('}'); err != nil || done {
 			return err
-		}
-		switch c {
-		case ',':
-			w.pos++
-			if _, err = w.peekIn(); err != nil {
-				return err
-			}
-		case '}':
-			w.pos++ // and nothing after it is read
-			return nil
-		default:
-			return w.syntaxError(w.pos)
 		}
 	}
 }
@@ -301,20 +290,8 @@ func (n *normalizer) scanList(w *window, deleted bool) error {
 		if err := n.scanElement(w, &e); err != nil {
 			return err
 		}
-		if c, err = w.peekIn(); err != nil {
+		if done, err := w.afterMember(']'); err != nil || done {
 			return err
-		}
-		switch c {
-		case ',':
-			w.pos++
-			if _, err = w.peekIn(); err != nil {
-				return err
-			}
-		case ']':
-			w.pos++
-			return nil
-		default:
-			return w.syntaxError(w.pos)
 		}
 	}
 }
@@ -422,4 +399,25 @@ func (*checkString) UnmarshalJSON(b []byte) error {
 	}
 	var s string
 	return json.Unmarshal(b, &s)
+}
+
+// afterMember consumes what follows a member of an object or array: a comma
+// (and reports more to come), or the closer (and reports done); anything
+// else is a syntax error.
+func (w *window) afterMember(closer byte) (done bool, err error) {
+	c, err := w.peekIn()
+	if err != nil {
+		return false, err
+	}
+	switch c {
+	case ',':
+		w.pos++
+		_, err = w.peekIn()
+		return false, err
+	case closer:
+		w.pos++
+		return true, nil
+	default:
+		return false, w.syntaxError(w.pos)
+	}
 }
