@@ -14,11 +14,16 @@ import (
 
 // Modes cs-journal-bouncer can enforce with. Upstream's "iptables" mode
 // uses ipsets plus iptables rules; "ipset" fills the sets only and leaves
-// the rules referencing them to the administrator.
+// the rules referencing them to the administrator; "nftables" uses
+// nf_tables tables, sets and rules (or only sets, with set-only).
 const (
 	ModeIPTables = "iptables"
 	ModeIPSet    = "ipset"
+	ModeNFTables = "nftables"
 )
+
+// NFTablesHooks are the hooks nftables_hooks accepts, as upstream.
+var NFTablesHooks = []string{"prerouting", "input", "forward", "output", "postrouting"}
 
 // Values of on_shutdown.
 const (
@@ -136,6 +141,12 @@ type Config struct {
 	// IPTablesAddRuleComments adds "-m comment" to our rules.
 	IPTablesAddRuleComments bool
 
+	// NFTables is the "nftables" section (mode nftables).
+	NFTables NFTablesConfig
+	// NFTablesHooks is nftables_hooks: one base chain per hook (default
+	// [input]), each one of NFTablesHooks, lower-cased.
+	NFTablesHooks []string
+
 	// Prometheus configures the metrics endpoint.
 	Prometheus PrometheusConfig
 
@@ -158,6 +169,28 @@ type PrometheusConfig struct {
 	ListenAddr string
 	// ListenPort is the TCP port (1–65535).
 	ListenPort int
+}
+
+// NFTablesConfig is upstream's "nftables" section.
+type NFTablesConfig struct {
+	// IPv4 is nftables.ipv4 (table family ip), IPv6 nftables.ipv6 (ip6).
+	IPv4, IPv6 NFTablesFamily
+}
+
+// NFTablesFamily is one family's part of the "nftables" section.
+type NFTablesFamily struct {
+	// Enabled is nftables.ipvX.enabled; default: not disable_ipvX.
+	Enabled bool
+	// SetOnly is nftables.ipvX.set-only: fill blacklists_ipvX in the
+	// administrator's table Table, create no chain or rule.
+	SetOnly bool
+	// Table is the table name (default crowdsec / crowdsec6).
+	Table string
+	// Chain is the base chains' name prefix (default crowdsec-chain /
+	// crowdsec6-chain); each hook's chain is Chain+"-"+hook.
+	Chain string
+	// Priority is the base chains' priority (default 0).
+	Priority int
 }
 
 // HealConfig is the "heal" section, ours.
@@ -221,6 +254,11 @@ const (
 	defaultIPSetType         = IPSetHashNet
 	defaultIPTablesChain     = "INPUT"
 	defaultSupportedDecision = "ban"
+	defaultNFTTable4         = "crowdsec"
+	defaultNFTTable6         = "crowdsec6"
+	defaultNFTChain4         = "crowdsec-chain"
+	defaultNFTChain6         = "crowdsec6-chain"
+	defaultNFTHook           = "input"
 )
 
 // logLevels maps upstream's logrus level names to slog levels. slog has

@@ -20,7 +20,7 @@ var topKeys = []string{
 	"disable_ipv4", "disable_ipv6", "deny_action", "deny_log", "deny_log_prefix",
 	"blacklists_ipv4", "blacklists_ipv6", "ipset_type", "ipset_size",
 	"ipset_disable_timeouts", "iptables_chains", "iptables_v4_chains",
-	"iptables_v6_chains", "iptables_add_rule_comments",
+	"iptables_v6_chains", "iptables_add_rule_comments", "nftables_hooks",
 	// ours
 	"log_format", "journal_path", "on_shutdown", "full_resync_interval",
 }
@@ -28,14 +28,17 @@ var topKeys = []string{
 // sectionKeys are the keys of the nested sections Load reads.
 var sectionKeys = map[string][]string{
 	"prometheus": {"enabled", "listen_addr", "listen_port"},
-	"heal":       {"interval", "deep_interval", "max_replay_attempts", "backoff_initial", "backoff_max", "fight_window", "free_repairs"},
+	"nftables": {
+		"ipv4.enabled", "ipv4.set-only", "ipv4.table", "ipv4.chain", "ipv4.priority",
+		"ipv6.enabled", "ipv6.set-only", "ipv6.table", "ipv6.chain", "ipv6.priority",
+	},
+	"heal": {"interval", "deep_interval", "max_replay_attempts", "backoff_initial", "backoff_max", "fight_window", "free_repairs"},
 }
 
 // ignoredKeys are upstream keys for its other modes, or deprecated ones it
 // ignores itself; accepted without a word so a file moves unchanged.
 var ignoredKeys = map[string]bool{
-	"nftables": true, "nftables_hooks": true, "pf": true,
-	"pid_dir": true, "daemonize": true,
+	"pf": true, "pid_dir": true, "daemonize": true,
 }
 
 // aliases maps a second spelling to the key Load reads. Upstream's code

@@ -10,7 +10,7 @@ import (
 )
 
 // upstreamOnlyModes are upstream modes not implemented here yet.
-var upstreamOnlyModes = map[string]bool{"nftables": true, "pf": true, "dry-run": true}
+var upstreamOnlyModes = map[string]bool{"pf": true, "dry-run": true}
 
 // build decodes and validates every key, recording errors in d, and
 // returns the Config (meaningful only when d.errs is empty) and warnings.
@@ -28,12 +28,12 @@ func buildLAPI(d *decoder, c *Config) {
 	c.Mode = d.str("mode", "")
 	switch {
 	case c.Mode == "":
-		d.errs = append(d.errs, &KeyError{Key: "mode", Msg: "is required (iptables or ipset)"})
+		d.errs = append(d.errs, &KeyError{Key: "mode", Msg: "is required (iptables, ipset or nftables)"})
 	case upstreamOnlyModes[c.Mode]:
 		d.errs = append(d.errs, &KeyError{Key: "mode", err: ErrUnsupportedMode, Msg: fmt.Sprintf(
-			"mode %q is not supported yet by cs-journal-bouncer (supported: iptables, ipset)", c.Mode)})
+			"mode %q is not supported yet by cs-journal-bouncer (supported: iptables, ipset, nftables)", c.Mode)})
 	default:
-		d.oneOf("mode", c.Mode, c.Mode, ModeIPTables, ModeIPSet)
+		d.oneOf("mode", c.Mode, c.Mode, ModeIPTables, ModeIPSet, ModeNFTables)
 	}
 
 	c.UpdateFrequency = d.duration("update_frequency", defaultUpdateFrequency)
@@ -196,6 +196,7 @@ func buildFirewall(d *decoder, c *Config) []string {
 	c.IPSetDisableTimeouts = d.boolean("ipset_disable_timeouts", false)
 	c.IPTablesAddRuleComments = d.boolean("iptables_add_rule_comments", false)
 	warns = append(warns, resolveChains(d, c)...)
+	buildNFTables(d, c)
 
 	c.Prometheus.Enabled = d.boolean("prometheus.enabled", false)
 	c.Prometheus.ListenAddr = d.str("prometheus.listen_addr", defaultPromAddr)
