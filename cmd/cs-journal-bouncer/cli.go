@@ -37,7 +37,6 @@ import (
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/admin"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
-	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/config"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
@@ -179,7 +178,7 @@ func withService(ctx context.Context, cfg *config.Config, o cliOpts, needKernel 
 	fmt.Fprintf(o.stderr, "no daemon on %s: reading %s directly\n", sock, cfg.JournalPath)
 	var check func(context.Context) (backend.Drift, error)
 	if needKernel {
-		be, err := iptables.New(backendConfig(cfg, log))
+		be, err := newBackend(cfg, log)
 		if err != nil {
 			return 0, fmt.Errorf("backend: %w", err)
 		}
@@ -257,7 +256,7 @@ func runCommand(ctx context.Context, cmd string, target netip.Prefix, svc admin.
 // setNamer names an origin's kernel set the way the backend does, from
 // the config alone (building the backend touches nothing).
 func setNamer(cfg *config.Config) func(origin int, v6 bool) string {
-	be, err := iptables.New(backendConfig(cfg, slog.New(slog.DiscardHandler)))
+	be, err := newBackend(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return func(int, bool) string { return "?" }
 	}

@@ -15,7 +15,6 @@ import (
 	"gopkg.in/natefinch/lumberjack.v2"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/admin"
-	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/config"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
@@ -78,7 +77,7 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 			"journal", cfg.JournalPath, "moved_to", aside)
 	}
 
-	be, err := iptables.New(backendConfig(cfg, log))
+	be, err := newBackend(cfg, log)
 	if err != nil {
 		return fmt.Errorf("backend: %w", err)
 	}
@@ -179,27 +178,6 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		err = nil // the cancellation we asked for is not a failure; Close's errors are
 	}
 	return errors.Join(err, cerr)
-}
-
-func backendConfig(cfg *config.Config, log *slog.Logger) iptables.Config {
-	return iptables.Config{
-		Mode:            cfg.Mode,
-		DisableIPv4:     cfg.DisableIPv4,
-		DisableIPv6:     cfg.DisableIPv6,
-		SetName4:        cfg.BlacklistsIPv4,
-		SetName6:        cfg.BlacklistsIPv6,
-		SetType:         cfg.IPSetType,
-		MaxElem:         cfg.IPSetSize,
-		DisableTimeouts: cfg.IPSetDisableTimeouts,
-		Chains4:         cfg.Chains4(),
-		Chains6:         cfg.Chains6(),
-		Chain:           "CROWDSEC_CHAIN",
-		DenyAction:      cfg.DenyAction,
-		DenyLog:         cfg.DenyLog,
-		DenyLogPrefix:   cfg.DenyLogPrefix,
-		RuleComments:    cfg.IPTablesAddRuleComments,
-		Logger:          log,
-	}
 }
 
 func toSet(xs []string) map[string]bool {

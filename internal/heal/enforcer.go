@@ -47,7 +47,7 @@ type Config struct {
 	// ExpireSlack: entries expiring this soon are not counted as expected,
 	// as the kernel's own timeout may already have dropped them (default 2s).
 	ExpireSlack time.Duration
-	// RefreshMargin: long bans (beyond backend.MaxTimeout) are re-added this
+	// RefreshMargin: long bans (beyond the backend's Limits().MaxTimeout) are re-added this
 	// long before their kernel timeout runs out (default 24h).
 	RefreshMargin time.Duration
 }
@@ -239,12 +239,8 @@ func (e *Enforcer) Check(ctx context.Context) (backend.Drift, error) {
 // journal directly. Never call it while Run is running.
 func (e *Enforcer) CheckOffline(ctx context.Context) (backend.Drift, error) {
 	// Without Ensure (it would repair), the backend must still learn which
-	// origins' rules to expect, and their names for rule comments.
-	all := e.j.Origins()
-	e.nameOrigins(all)
-	if x, ok := e.be.(interface{ ExpectOrigins([]int) }); ok {
-		x.ExpectOrigins(slices.Sorted(maps.Values(all)))
-	}
+	// origins' sets and rules to expect, and their names.
+	e.declareOrigins()
 	return e.check(ctx)
 }
 
@@ -368,7 +364,7 @@ func (e *Enforcer) apply(ctx context.Context, r *request) error {
 	}
 	err := e.ensureOrigins(ctx)
 	if err == nil {
-		err = e.be.Apply(ctx, d)
+		err = e.kernelErr(e.be.Apply(ctx, d))
 	}
 	if err != nil {
 		// The kernel state is now unknown: only a full replay is safe.
@@ -401,13 +397,11 @@ func (e *Enforcer) applyFull(ctx context.Context, b journal.Batch, pulledAt time
 
 // ensureOrigins creates the sets and rules of origins seen for the first time.
 func (e *Enforcer) ensureOrigins(ctx context.Context) error {
-	all := e.j.Origins()
-	if len(all) == len(e.ensured) {
+	if len(e.j.Origins()) == len(e.ensured) {
 		return nil
 	}
-	idx := slices.Sorted(maps.Values(all))
-	e.nameOrigins(all)
-	if err := e.be.Ensure(ctx, idx); err != nil {
+	idx := e.declareOrigins()
+	if err := e.be.Ensure(ctx); err != nil {
 		return err
 	}
 	for _, i := range idx {
@@ -416,17 +410,16 @@ func (e *Enforcer) ensureOrigins(ctx context.Context) error {
 	return nil
 }
 
-// originNamer is implemented by backends that label rules with origin names.
-type originNamer interface{ SetOriginNames(map[int]string) }
-
-func (e *Enforcer) nameOrigins(all map[string]int) {
-	if n, ok := e.be.(originNamer); ok {
-		names := make(map[int]string, len(all))
-		for name, i := range all {
-			names[i] = name
-		}
-		n.SetOriginNames(names)
+// declareOrigins tells the backend every origin the journal knows, and
+// returns their indices.
+func (e *Enforcer) declareOrigins() []int {
+	all := e.j.Origins()
+	o := make(backend.Origins, len(all))
+	for name, i := range all {
+		o[i] = name
 	}
+	e.be.SetOrigins(o)
+	return slices.Sorted(maps.Keys(o))
 }
 
 // pass is one tick: expire, refresh long bans, fast verify, and now and then
@@ -521,7 +514,7 @@ func (e *Enforcer) expire(ctx context.Context, now time.Time) error {
 		before[p] = entriesFor(ds, e.kidx)
 	}
 	d := diff(before, takeSnapshot(v, ps, e.kidx))
-	if err := e.be.Apply(ctx, d); err != nil {
+	if err := e.kernelErr(e.be.Apply(ctx, d)); err != nil {
 		return e.repair(ctx, []string{"apply"}, []string{"expire: " + err.Error()})
 	}
 	e.log.Debug("expired", "decisions", len(gone), "deleted", len(d.Del))

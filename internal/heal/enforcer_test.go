@@ -343,7 +343,7 @@ func TestLongBansRefreshedBeforeKernelDropsThem(t *testing.T) {
 		return n
 	}
 	before := count()
-	r.clk.Advance(backend.MaxTimeout - 25*time.Hour)
+	r.clk.Advance(fake.MaxTimeout - 25*time.Hour)
 	r.tick()
 	if count() != before {
 		t.Fatalf("refreshed too early")
@@ -354,7 +354,7 @@ func TestLongBansRefreshedBeforeKernelDropsThem(t *testing.T) {
 		t.Fatalf("long ban not refreshed before the kernel timeout (adds %d → %d)", before, count())
 	}
 	// And again one kernel timeout later.
-	r.clk.Advance(backend.MaxTimeout - 23*time.Hour)
+	r.clk.Advance(fake.MaxTimeout - 23*time.Hour)
 	r.tick()
 	if count() != before+2 {
 		t.Fatalf("long ban not refreshed a second time (adds %d)", count())

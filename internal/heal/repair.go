@@ -3,7 +3,6 @@ package heal
 import (
 	"context"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -16,17 +15,15 @@ import (
 // hold exactly the view. It returns how many entries it replayed.
 func (e *Enforcer) ensureAndReplay(ctx context.Context) (int, error) {
 	now := e.now()
-	all := e.j.Origins()
-	origins := slices.Sorted(maps.Values(all))
-	e.nameOrigins(all)
-	if err := e.be.Ensure(ctx, origins); err != nil {
+	origins := e.declareOrigins()
+	if err := e.be.Ensure(ctx); err != nil {
 		return 0, fmt.Errorf("ensure infrastructure: %w", err)
 	}
 	for _, o := range origins {
 		e.ensured[o] = true
 	}
 	es := activeEntries(e.j.View(), now, e.kidx)
-	if err := e.be.Replay(ctx, es); err != nil {
+	if err := e.kernelErr(e.be.Replay(ctx, es)); err != nil {
 		return 0, fmt.Errorf("replay %d entries: %w", len(es), err)
 	}
 	e.counts = countEntries(es)
@@ -87,6 +84,20 @@ func (e *Enforcer) repair(ctx context.Context, kinds, details []string) error {
 		}
 	}
 	return fmt.Errorf("%w: %w", ErrReplayFailed, lastErr)
+}
+
+// kernelErr separates entries the backend refused from real failures: a
+// refused entry cannot be fixed by replaying, so it is reported and the
+// rest of the batch counts as enforced; anything else is returned for the
+// repair ladder.
+func (e *Enforcer) kernelErr(err error) error {
+	rejected, rest := backend.Rejected(err)
+	if len(rejected) > 0 {
+		first := rejected[0]
+		e.log.Warn("entries not enforced: the kernel set cannot hold them",
+			"entries", len(rejected), "first", first.Entry.Prefix, "reason", first.Reason, "err", first.Err)
+	}
+	return rest
 }
 
 func (e *Enforcer) backoff(attempt int) time.Duration {
@@ -153,7 +164,7 @@ func (e *Enforcer) deepVerify(ctx context.Context, now time.Time) error {
 	if d.Empty() {
 		return nil
 	}
-	if err := e.be.Apply(ctx, d); err != nil {
+	if err := e.kernelErr(e.be.Apply(ctx, d)); err != nil {
 		return e.repair(ctx, []string{"member"}, []string{"deep verify apply: " + err.Error()})
 	}
 	e.log.Warn("deep verify repaired members", "missing", len(d.Add), "unexpected", len(d.Del))
@@ -170,10 +181,14 @@ func (e *Enforcer) deepVerify(ctx context.Context, now time.Time) error {
 // noteLongBans schedules a refresh for entries whose expiry is beyond the
 // kernel's maximum timeout: the kernel would drop them early otherwise.
 func (e *Enforcer) noteLongBans(es []backend.Entry) {
+	maxT := e.be.Limits().MaxTimeout
+	if maxT <= 0 {
+		return // the backend keeps any timeout
+	}
 	now := e.now()
 	for _, en := range es {
-		if en.Until.Sub(now) > backend.MaxTimeout {
-			due := now.Add(backend.MaxTimeout - e.cfg.RefreshMargin)
+		if en.Until.Sub(now) > maxT {
+			due := now.Add(maxT - e.cfg.RefreshMargin)
 			if e.refreshDue.IsZero() || due.Before(e.refreshDue) {
 				e.refreshDue = due
 			}
@@ -198,7 +213,7 @@ func (e *Enforcer) refreshLongBans(ctx context.Context, now time.Time) error {
 	if d.Empty() {
 		return nil
 	}
-	if err := e.be.Apply(ctx, d); err != nil {
+	if err := e.kernelErr(e.be.Apply(ctx, d)); err != nil {
 		return e.repair(ctx, []string{"apply"}, []string{"refresh long bans: " + err.Error()})
 	}
 	e.noteLongBans(d.Add)

@@ -317,11 +317,21 @@ func (n *normalizer) newDecision(d *fields) (journal.Decision, string, bool) {
 	return journal.Decision{
 		Prefix:   key.Prefix,
 		Until:    n.now.Add(dur),
-		Origin:   n.intern(d.Origin.s),
+		Origin:   n.intern(originKey(d.Origin.s, d.Scenario.s)),
 		Scenario: n.intern(d.Scenario.s),
 		Type:     key.Type,
 		Scope:    key.Scope,
 	}, "", true
+}
+
+// originKey names the kernel set a decision goes to. Blocklists all share
+// the origin "lists"; like upstream, each list gets a set of its own
+// ("lists:NAME"), so one list's size, counters and metrics stand apart.
+func originKey(origin, scenario string) string {
+	if origin != "lists" || scenario == "" {
+		return origin
+	}
+	return "lists:" + strings.TrimPrefix(scenario, "lists:")
 }
 
 // deletedKey ignores duration (negative for deletes), origin and scenario:

@@ -121,7 +121,7 @@ func realLAPIScenario(t *testing.T, pullWith func(context.Context, *Client, bool
 	for _, d := range b.New {
 		got[d.Prefix] = d
 	}
-	if d := got[netip.MustParsePrefix("203.0.113.0/24")]; d.Origin != "lists" || d.Scenario != "lists:test" || d.Scope != journal.ScopeRange {
+	if d := got[netip.MustParsePrefix("203.0.113.0/24")]; d.Origin != "lists:test" || d.Scenario != "lists:test" || d.Scope != journal.ScopeRange {
 		t.Errorf("lists range = %+v (all: %+v)", d, b.New)
 	}
 	if d := got[netip.MustParsePrefix("2001:db8::10/128")]; d.Origin != "crowdsec" || d.Scope != journal.ScopeIP {

@@ -63,7 +63,8 @@ func TestBenchScrape(t *testing.T) {
 	for i, d := range ds {
 		entries[i] = backend.Entry{Prefix: d.Prefix, Origin: origins[d.Origin], Until: d.Until}
 	}
-	if err := be.Ensure(ctx, []int{origins["crowdsec"], origins["lists:firehol"]}); err != nil {
+	be.SetOrigins(backend.Origins{origins["crowdsec"]: "crowdsec", origins["lists:firehol"]: "lists:firehol"})
+	if err := be.Ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := be.Replay(ctx, entries); err != nil {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
 // sharedOrigin labels sets that hold every origin (ipset mode), as the
@@ -189,7 +189,7 @@ func (c *collector) collectKernel(gauge func(*prometheus.Desc, float64, ...strin
 	}
 }
 
-func (c *collector) readKernel() (iptables.Counters, error) {
+func (c *collector) readKernel() (backend.Counters, error) {
 	c.kernelMu.Lock()
 	defer c.kernelMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), c.m.opts.KernelTimeout)
@@ -220,7 +220,7 @@ type labeled struct {
 // labelSets names each set's origin and merges sets that end up with the
 // same labels (which would otherwise be a duplicate series and fail the
 // scrape), in a stable order.
-func labelSets(kc iptables.Counters, names map[int]string) []labeled {
+func labelSets(kc backend.Counters, names map[int]string) []labeled {
 	idx := map[[2]string]int{}
 	var out []labeled
 	for _, s := range kc.Sets {

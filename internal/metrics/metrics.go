@@ -12,7 +12,7 @@
 //		JournalStats: j.Stats,
 //		Origins:      j.Origins,
 //		LAPI:         client,   // Requests(), Failures()
-//		Kernel:       be,       // (*iptables.Backend).Counters
+//		Kernel:       be,       // backend.Backend.Counters
 //		Rejected:     ...,      // decisions rejected by reason
 //		Recovered:    ...,      // 1 if the journal was found corrupt
 //	}, metrics.Options{Logger: log, UpdateFrequency: cfg.UpdateFrequency, VerifyInterval: cfg.Heal.Interval})
@@ -34,7 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 )
@@ -46,9 +46,9 @@ type LAPICounters interface {
 }
 
 // KernelReader reads our kernel objects' member counts and rule counters;
-// *iptables.Backend implements it, safely from any goroutine.
+// every backend.Backend implements it, safely from any goroutine.
 type KernelReader interface {
-	Counters(ctx context.Context) (iptables.Counters, error)
+	Counters(ctx context.Context) (backend.Counters, error)
 }
 
 // Sources are where every metric and the health report come from, read at

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
-	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 )
@@ -21,12 +20,12 @@ var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC) // Unix 1772366400
 
 type fakeKernel struct {
 	mu    sync.Mutex
-	c     iptables.Counters
+	c     backend.Counters
 	err   error
 	calls int
 }
 
-func (f *fakeKernel) Counters(context.Context) (iptables.Counters, error) {
+func (f *fakeKernel) Counters(context.Context) (backend.Counters, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
@@ -40,16 +39,16 @@ func (f fakeLAPI) Failures() uint64 { return f.fail }
 
 // iptablesCounters: origins 0 (crowdsec) and 1 (lists:firehol), plus a set
 // of origin 7 the journal does not name.
-func iptablesCounters() iptables.Counters {
-	return iptables.Counters{
+func iptablesCounters() backend.Counters {
+	return backend.Counters{
 		Rules: true,
-		Sets: []iptables.SetCounters{
+		Sets: []backend.SetCounters{
 			{Name: "crowdsec-blacklists-0", Family: "ipv4", Members: 10, Packets: 5, Bytes: 420},
 			{Name: "crowdsec-blacklists-1", Key: backend.SetKey{Origin: 1}, Family: "ipv4", Members: 100000, Packets: 1, Bytes: 84},
 			{Name: "crowdsec-blacklists-7", Key: backend.SetKey{Origin: 7}, Family: "ipv4", Members: 2},
 			{Name: "crowdsec6-blacklists-0", Key: backend.SetKey{V6: true}, Family: "ipv6", Members: 3, Packets: 2, Bytes: 208},
 		},
-		Families: []iptables.FamilyCounters{
+		Families: []backend.FamilyCounters{
 			{Family: "ipv4", Packets: 1000, Bytes: 64000},
 			{Family: "ipv6", V6: true, Packets: 10, Bytes: 800},
 		},
@@ -197,10 +196,10 @@ var collected = []string{
 }
 
 func TestCollector(t *testing.T) {
-	ipset := iptables.Counters{Sets: []iptables.SetCounters{
+	ipset := backend.Counters{Sets: []backend.SetCounters{
 		{Name: "mine4", Family: "ipv4", Shared: true, Members: 7},
 		{Name: "mine6", Key: backend.SetKey{V6: true}, Family: "ipv6", Shared: true, Members: 1},
-	}, Families: []iptables.FamilyCounters{{Family: "ipv4"}, {Family: "ipv6", V6: true}}}
+	}, Families: []backend.FamilyCounters{{Family: "ipv4"}, {Family: "ipv6", V6: true}}}
 	tests := []struct {
 		name    string
 		kernel  *fakeKernel
@@ -257,7 +256,7 @@ fw_bouncer_banned_ips{ip_type="ipv6",origin="ipset"} 1
 // unnamed origin 7) must merge, not produce a duplicate series that fails
 // the whole scrape.
 func TestCollectorMergesDuplicateLabels(t *testing.T) {
-	k := &fakeKernel{c: iptables.Counters{Sets: []iptables.SetCounters{
+	k := &fakeKernel{c: backend.Counters{Sets: []backend.SetCounters{
 		{Name: "a-3", Key: backend.SetKey{Origin: 3}, Family: "ipv4", Members: 1},
 		{Name: "a-7", Key: backend.SetKey{Origin: 7}, Family: "ipv4", Members: 2},
 	}}}

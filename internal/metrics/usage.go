@@ -14,7 +14,7 @@ import (
 	csbouncer "github.com/crowdsecurity/go-cs-bouncer"
 	"github.com/sirupsen/logrus"
 
-	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
 // UsageBouncerType is the remediation component type reported to LAPI:
@@ -103,7 +103,7 @@ func (u *usage) update(met *models.RemediationComponentsMetrics, window time.Dur
 // items turns one kernel reading into LAPI usage items, with upstream's
 // names and units: active_decisions/ip (absolute), dropped and processed in
 // byte and packet (deltas since the last push).
-func (u *usage) items(kc iptables.Counters, names map[int]string) []*models.MetricsDetailItem {
+func (u *usage) items(kc backend.Counters, names map[int]string) []*models.MetricsDetailItem {
 	var out []*models.MetricsDetailItem
 	add := func(name, unit string, v float64, labels map[string]string) {
 		out = append(out, &models.MetricsDetailItem{Name: ptr(name), Unit: ptr(unit), Value: ptr(v), Labels: labels})

@@ -15,7 +15,7 @@ import (
 	"github.com/crowdsecurity/crowdsec/pkg/apiclient"
 	"github.com/crowdsecurity/crowdsec/pkg/models"
 
-	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
 // item is a usage item flattened for comparison.
@@ -34,11 +34,11 @@ func flatten(its []*models.MetricsDetailItem) map[item]bool {
 
 func TestUsageItemsDeltas(t *testing.T) {
 	names := map[int]string{0: "crowdsec"}
-	counters := func(members int, dropped, processed uint64) iptables.Counters {
-		return iptables.Counters{
+	counters := func(members int, dropped, processed uint64) backend.Counters {
+		return backend.Counters{
 			Rules: true,
-			Sets:  []iptables.SetCounters{{Name: "s-0", Family: "ipv4", Members: members, Packets: dropped, Bytes: dropped * 100}},
-			Families: []iptables.FamilyCounters{
+			Sets:  []backend.SetCounters{{Name: "s-0", Family: "ipv4", Members: members, Packets: dropped, Bytes: dropped * 100}},
+			Families: []backend.FamilyCounters{
 				{Family: "ipv4", Packets: processed, Bytes: processed * 100},
 			},
 		}
@@ -46,7 +46,7 @@ func TestUsageItemsDeltas(t *testing.T) {
 	u := &usage{last: map[string]uint64{}}
 	pushes := []struct {
 		name      string
-		c         iptables.Counters
+		c         backend.Counters
 		dropped   float64 // packets in the window
 		processed float64
 	}{
@@ -73,7 +73,7 @@ func TestUsageItemsDeltas(t *testing.T) {
 			}
 		}
 	}
-	ipset := iptables.Counters{Sets: []iptables.SetCounters{{Name: "mine4", Family: "ipv4", Shared: true, Members: 9}}}
+	ipset := backend.Counters{Sets: []backend.SetCounters{{Name: "mine4", Family: "ipv4", Shared: true, Members: 9}}}
 	got := flatten(u.items(ipset, names))
 	if len(got) != 1 || !got[item{"active_decisions", "ip", "ipset", "ipv4", 9}] {
 		t.Errorf("ipset mode items = %v, want active decisions only", got)

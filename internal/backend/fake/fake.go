@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -30,6 +31,7 @@ type Backend struct {
 
 	mu       sync.Mutex
 	now      func() time.Time
+	origins  backend.Origins
 	infra    bool
 	sets     map[backend.SetKey]map[netip.Prefix]time.Time
 	calls    map[string]int
@@ -63,15 +65,51 @@ func (b *Backend) fail(method string) error {
 	return nil
 }
 
+// SetOrigins implements backend.Backend.
+func (b *Backend) SetOrigins(o backend.Origins) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.origins = maps.Clone(o)
+}
+
+// Limits implements backend.Backend: the ipset figures, which the enforcer's
+// long-ban refresh is tested against.
+func (b *Backend) Limits() backend.Limits {
+	return backend.Limits{MaxTimeout: MaxTimeout, CountsMembers: true}
+}
+
+// MaxTimeout is the fake kernel's timeout cap, ipset's.
+const MaxTimeout = 2147483 * time.Second
+
+// SetName implements backend.Backend.
+func (b *Backend) SetName(k backend.SetKey) string {
+	return fmt.Sprintf("fake-%d-v6=%v", k.Origin, k.V6)
+}
+
+// Counters implements backend.Backend: member counts; the fake has no rules.
+func (b *Backend) Counters(context.Context) (backend.Counters, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var c backend.Counters
+	for _, k := range sortedSetKeys(b.sets) {
+		fam := "ipv4"
+		if k.V6 {
+			fam = "ipv6"
+		}
+		c.Sets = append(c.Sets, backend.SetCounters{Name: b.SetName(k), Key: k, Family: fam, Shared: b.SingleSet, Members: len(b.sets[k])})
+	}
+	return c, nil
+}
+
 // Ensure implements backend.Backend.
-func (b *Backend) Ensure(_ context.Context, origins []int) error {
+func (b *Backend) Ensure(_ context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.fail("Ensure"); err != nil {
 		return err
 	}
 	b.infra = true
-	for _, o := range origins {
+	for o := range b.origins {
 		for _, v6 := range []bool{false, true} {
 			k := backend.SetKey{Origin: o, V6: v6}
 			if b.sets[k] == nil {
@@ -273,10 +311,14 @@ func (b *Backend) String() string {
 }
 
 func sortedKeys(m map[backend.SetKey]int) []backend.SetKey {
-	ks := make([]backend.SetKey, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
+	return sortKeys(slices.Collect(maps.Keys(m)))
+}
+
+func sortedSetKeys(m map[backend.SetKey]map[netip.Prefix]time.Time) []backend.SetKey {
+	return sortKeys(slices.Collect(maps.Keys(m)))
+}
+
+func sortKeys(ks []backend.SetKey) []backend.SetKey {
 	sort.Slice(ks, func(i, j int) bool {
 		if ks[i].Origin != ks[j].Origin {
 			return ks[i].Origin < ks[j].Origin

@@ -64,22 +64,27 @@ func New(cfg Config) (*Backend, error) {
 	}, nil
 }
 
-// SetOriginNames tells the backend the origin name behind each origin
-// index, for rule comments (RuleComments) and logs. Call it before Ensure;
-// a later change shows up as "rule" drift and the next Ensure rewrites the
-// comments.
-func (b *Backend) SetOriginNames(names map[int]string) {
-	b.originNames = maps.Clone(names)
-}
-
-// ExpectOrigins records origins whose sets and rules another process (the
-// daemon) made, without touching the kernel, so that Verify checks their
-// match rules: what an offline `check` needs, where Ensure must not run.
-func (b *Backend) ExpectOrigins(origins []int) {
-	for _, o := range origins {
-		b.origins[o] = true
+// SetOrigins implements backend.Backend: the origins whose sets and rules
+// Ensure creates and Verify checks, and their names for rule comments and
+// logs. It does not touch the kernel; a change of names shows up as "rule"
+// drift and the next Ensure rewrites the comments.
+func (b *Backend) SetOrigins(o backend.Origins) {
+	b.originNames = maps.Clone(o)
+	b.origins = make(map[int]bool, len(o))
+	for i := range o {
+		b.origins[i] = true
 	}
 }
+
+// Limits implements backend.Backend: ipset caps timeouts silently at
+// MaxTimeout, and a set header carries its member count.
+func (b *Backend) Limits() backend.Limits {
+	return backend.Limits{MaxTimeout: MaxTimeout, CountsMembers: true}
+}
+
+// MaxTimeout is the longest timeout ipset keeps (2,147,483 s, about 24.8
+// days); longer ones are capped by the kernel without an error.
+const MaxTimeout = 2147483 * time.Second
 
 // SetKeyOf maps an entry's origin and family to the set that holds it. In
 // ipset mode every origin shares one set per family, reported as origin 0;
@@ -91,7 +96,7 @@ func (b *Backend) SetKeyOf(origin int, v6 bool) backend.SetKey {
 	return backend.SetKey{Origin: origin, V6: v6}
 }
 
-// SetName returns the kernel name of a set.
+// SetName implements backend.Backend.
 func (b *Backend) SetName(k backend.SetKey) string { return b.setName(k) }
 
 func (b *Backend) setName(k backend.SetKey) string {
@@ -145,32 +150,38 @@ func (b *Backend) socket() (*nlSocket, error) {
 // Validate reports whether the set for e can hold it: family enabled, a
 // prefix length of 1..32/1..128 for hash:net, a full-length prefix for
 // hash:ip. The kernel stops a whole batch at the first bad entry, so every
-// entry is checked before sending; callers may filter with this first.
+// entry is checked before sending. Errors wrap ErrInvalidEntry.
 func (b *Backend) Validate(e backend.Entry) error {
+	_, err := b.check(e)
+	return err
+}
+
+// check is Validate with a short reason word for metrics.
+func (b *Backend) check(e backend.Entry) (reason string, err error) {
 	p := e.Prefix
 	if !p.IsValid() {
-		return fmt.Errorf("%w: invalid prefix", ErrInvalidEntry)
+		return "invalid_prefix", fmt.Errorf("%w: invalid prefix", ErrInvalidEntry)
 	}
 	if p.Addr().Is4In6() {
-		return fmt.Errorf("%w: %s is IPv4-mapped IPv6", ErrInvalidEntry, p)
+		return "invalid_prefix", fmt.Errorf("%w: %s is IPv4-mapped IPv6", ErrInvalidEntry, p)
 	}
 	v6 := p.Addr().Is6()
 	if !b.familyEnabled(v6) {
-		return fmt.Errorf("%w: %s: %s is disabled", ErrInvalidEntry, p, familyName(v6))
+		return "family_disabled", fmt.Errorf("%w: %s: %s is disabled", ErrInvalidEntry, p, familyName(v6))
 	}
 	if p.Masked() != p {
-		return fmt.Errorf("%w: %s is not masked", ErrInvalidEntry, p)
+		return "invalid_prefix", fmt.Errorf("%w: %s is not masked", ErrInvalidEntry, p)
 	}
 	switch {
 	case b.cfg.SetType == SetTypeIP && p.Bits() != p.Addr().BitLen():
-		return fmt.Errorf("%w: %s: a hash:ip set holds single addresses only", ErrInvalidEntry, p)
+		return "set_type", fmt.Errorf("%w: %s: a hash:ip set holds single addresses only", ErrInvalidEntry, p)
 	case p.Bits() < 1:
-		return fmt.Errorf("%w: %s: prefix length 0 is not allowed in a hash:net set", ErrInvalidEntry, p)
+		return "invalid_prefix", fmt.Errorf("%w: %s: prefix length 0 is not allowed in a hash:net set", ErrInvalidEntry, p)
 	}
 	if b.cfg.Mode == ModeIPTables && (e.Origin < 0 || e.Origin > maxOrigin) {
-		return fmt.Errorf("%w: %s: origin index %d outside 0..%d", ErrInvalidEntry, p, e.Origin, maxOrigin)
+		return "origin_index", fmt.Errorf("%w: %s: origin index %d outside 0..%d", ErrInvalidEntry, p, e.Origin, maxOrigin)
 	}
-	return nil
+	return "", nil
 }
 
 // timeout turns Until into kernel seconds: at least 1, at most the
@@ -261,7 +272,7 @@ func (b *Backend) ensureSet(ctx context.Context, name string, v6 bool) (setInfo,
 // and the given origins, plus those ensured before), chain, match rules
 // and jump rules. It never flushes a set, never touches rules it does not
 // own, and writes nothing when everything is in place.
-func (b *Backend) Ensure(ctx context.Context, origins []int) error {
+func (b *Backend) Ensure(ctx context.Context) error {
 	if b.cfg.Mode == ModeIPSet {
 		for _, v6 := range b.families() {
 			name := b.setName(backend.SetKey{V6: v6})
@@ -271,11 +282,10 @@ func (b *Backend) Ensure(ctx context.Context, origins []int) error {
 		}
 		return nil
 	}
-	for _, o := range origins {
+	for o := range b.origins {
 		if o < 0 || o > maxOrigin {
 			return fmt.Errorf("ensure: origin index %d outside 0..%d", o, maxOrigin)
 		}
-		b.origins[o] = true
 	}
 	all := slices.Sorted(maps.Keys(b.origins))
 	for _, v6 := range b.families() {
@@ -314,7 +324,7 @@ type grouped struct {
 	order   []string
 	keys    map[string]backend.SetKey
 	entries map[string][]kEntry
-	invalid []error
+	invalid []backend.Rejection
 }
 
 func (g *grouped) add(name string, k backend.SetKey, e kEntry) {
@@ -330,8 +340,8 @@ func (g *grouped) add(name string, k backend.SetKey, e kEntry) {
 func (b *Backend) group(entries []backend.Entry, now time.Time, dropExpired bool) *grouped {
 	g := &grouped{keys: map[string]backend.SetKey{}, entries: map[string][]kEntry{}}
 	for _, e := range entries {
-		if err := b.Validate(e); err != nil {
-			g.invalid = append(g.invalid, err)
+		if reason, err := b.check(e); err != nil {
+			g.invalid = append(g.invalid, backend.Rejection{Entry: e, Reason: reason, Err: err})
 			continue
 		}
 		t, live := timeoutFor(e.Until, now)
@@ -344,15 +354,20 @@ func (b *Backend) group(entries []backend.Entry, now time.Time, dropExpired bool
 	return g
 }
 
-// invalidErr summarizes rejected entries without flooding the log.
-func invalidErr(errs []error) error {
-	if len(errs) == 0 {
+// invalidErr reports rejected entries in the contract's error class.
+func invalidErr(rs []backend.Rejection) error {
+	if len(rs) == 0 {
 		return nil
 	}
-	if len(errs) > 5 {
-		return fmt.Errorf("%d entries skipped, first: %w", len(errs), errors.Join(errs[:5]...))
+	return &backend.RejectedError{Rejected: rs}
+}
+
+// addOrigins declares origins an entry referenced before SetOrigins named
+// them (an implicit Ensure keeps such entries enforced).
+func (b *Backend) addOrigins(os []int) {
+	for _, o := range os {
+		b.origins[o] = true
 	}
-	return fmt.Errorf("%d entries skipped: %w", len(errs), errors.Join(errs...))
 }
 
 // missingOrigins returns origins referenced by g that were never ensured.
@@ -382,7 +397,8 @@ func (b *Backend) Apply(ctx context.Context, d backend.Delta) error {
 	dels := b.group(d.Del, now, false)
 	adds := b.group(d.Add, now, true)
 	if miss := b.missingOrigins(dels, adds); len(miss) > 0 || (b.cfg.Mode == ModeIPSet && len(b.sets) == 0) {
-		if err := b.Ensure(ctx, miss); err != nil {
+		b.addOrigins(miss)
+		if err := b.Ensure(ctx); err != nil {
 			return fmt.Errorf("apply: %w", err)
 		}
 	}
@@ -433,7 +449,8 @@ func (b *Backend) ourSets() map[string]backend.SetKey {
 func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
 	g := b.group(active, b.cfg.Now(), true)
 	if miss := b.missingOrigins(g); len(miss) > 0 {
-		if err := b.Ensure(ctx, miss); err != nil {
+		b.addOrigins(miss)
+		if err := b.Ensure(ctx); err != nil {
 			return fmt.Errorf("replay: %w", err)
 		}
 	}
@@ -473,7 +490,12 @@ func (b *Backend) replaySet(ctx context.Context, name string, v6 bool, entries [
 	}
 	var full error
 	if sp.maxElem > 0 && len(entries) > int(sp.maxElem) {
-		full = fmt.Errorf("%w: %d entries for maxelem %d; %d left out", ErrSetFull, len(entries), sp.maxElem, len(entries)-int(sp.maxElem))
+		rs := make([]backend.Rejection, 0, len(entries)-int(sp.maxElem))
+		cause := fmt.Errorf("%w: set %s has maxelem %d", ErrSetFull, name, sp.maxElem)
+		for _, e := range entries[sp.maxElem:] {
+			rs = append(rs, backend.Rejection{Entry: backend.Entry{Prefix: e.prefix}, Reason: "set_full", Err: cause})
+		}
+		full = &backend.RejectedError{Rejected: rs}
 		entries = entries[:sp.maxElem]
 	}
 	withCIDR := sp.typ == SetTypeNet

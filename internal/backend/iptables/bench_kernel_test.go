@@ -36,7 +36,7 @@ func TestBenchReplay(t *testing.T) {
 	ref := time.Since(start)
 
 	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
-	if err := b.Ensure(ctx, []int{0}); err != nil {
+	if err := ensure(ctx, b, 0); err != nil {
 		t.Fatal(err)
 	}
 	sh(t, "ipset destroy ref")

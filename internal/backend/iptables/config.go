@@ -7,6 +7,7 @@ package iptables
 import (
 	"errors"
 	"fmt"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 	"log/slog"
 	"strings"
 	"time"
@@ -58,12 +59,14 @@ var (
 	// applied) for entries the set cannot hold: wrong family, a prefix
 	// length of 0 in hash:net, a range in hash:ip. Use Backend.Validate to
 	// filter beforehand.
-	ErrInvalidEntry = errors.New("entry not valid for the set")
+	// It wraps backend.ErrRejected: the enforcer reports such entries once
+	// and does not retry them.
+	ErrInvalidEntry = fmt.Errorf("entry not valid for the set: %w", backend.ErrRejected)
 	// ErrSetNotFound is matched by kernel errors about a set that does not
 	// exist (someone destroyed it): run Ensure and Replay.
 	ErrSetNotFound = errors.New("ipset does not exist")
 	// ErrSetFull is matched when a set reached its maxelem (ipset_size).
-	ErrSetFull = errors.New("ipset is full")
+	ErrSetFull = fmt.Errorf("ipset is full: %w", backend.ErrSetFull)
 	// ErrSetBusy is matched when a set cannot be destroyed because a rule
 	// (ours or someone else's) still references it.
 	ErrSetBusy = errors.New("ipset is in use")

@@ -12,43 +12,6 @@ import (
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
-// Counters is one reading of what our kernel objects hold and have seen,
-// for metrics: member counts of our sets and the packet/byte counters of our
-// rules.
-type Counters struct {
-	// Sets lists our sets that exist, sorted by name.
-	Sets []SetCounters
-	// Families holds, per enabled family (IPv4 first), the counters of our
-	// jump rules: the traffic that entered our chain ("processed").
-	Families []FamilyCounters
-	// Rules is false in ipset mode, where we own no rules: every packet and
-	// byte counter is then zero and means nothing.
-	Rules bool
-}
-
-// SetCounters describes one of our sets.
-type SetCounters struct {
-	Name   string
-	Key    backend.SetKey
-	Family string // "ipv4" or "ipv6"
-	// Shared is true in ipset mode, where one set holds every origin's
-	// entries (Key.Origin is then 0 and names no origin).
-	Shared bool
-	// Members is the kernel's member count (from the set header).
-	Members int
-	// Packets and Bytes are the counters of our deny rule matching this
-	// set in our chain: the traffic it dropped (or rejected, or logged with
-	// deny_action LOG). Zero when no such rule exists.
-	Packets, Bytes uint64
-}
-
-// FamilyCounters are the summed counters of our jump rules of one family.
-type FamilyCounters struct {
-	Family         string // "ipv4" or "ipv6"
-	V6             bool
-	Packets, Bytes uint64
-}
-
 // ruleCounter is one rule's counters from iptables-save -c.
 type ruleCounter struct{ packets, bytes uint64 }
 
@@ -64,17 +27,17 @@ type ruleCounter struct{ packets, bytes uint64 }
 // A set that disappears while it is read (a replay swapping sets, another
 // program destroying it) is left out rather than failing the call: the next
 // reading sees the truth.
-func (b *Backend) Counters(ctx context.Context) (Counters, error) {
+func (b *Backend) Counters(ctx context.Context) (backend.Counters, error) {
 	s, err := openSocket()
 	if err != nil {
-		return Counters{}, fmt.Errorf("counters: %w", err)
+		return backend.Counters{}, fmt.Errorf("counters: %w", err)
 	}
 	defer func() { _ = s.close() }()
 
-	out := Counters{Rules: b.cfg.Mode == ModeIPTables}
+	out := backend.Counters{Rules: b.cfg.Mode == ModeIPTables}
 	names, err := b.countedSets(ctx, s)
 	if err != nil {
-		return Counters{}, fmt.Errorf("counters: %w", err)
+		return backend.Counters{}, fmt.Errorf("counters: %w", err)
 	}
 	for _, n := range names {
 		info, err := s.header(ctx, n.name)
@@ -82,15 +45,15 @@ func (b *Backend) Counters(ctx context.Context) (Counters, error) {
 			continue
 		}
 		if err != nil {
-			return Counters{}, fmt.Errorf("counters: %w", err)
+			return backend.Counters{}, fmt.Errorf("counters: %w", err)
 		}
-		out.Sets = append(out.Sets, SetCounters{
+		out.Sets = append(out.Sets, backend.SetCounters{
 			Name: n.name, Key: n.key, Family: familyName(n.key.V6),
 			Shared: b.cfg.Mode == ModeIPSet, Members: int(info.elements),
 		})
 	}
 	for _, v6 := range b.families() {
-		out.Families = append(out.Families, FamilyCounters{Family: familyName(v6), V6: v6})
+		out.Families = append(out.Families, backend.FamilyCounters{Family: familyName(v6), V6: v6})
 	}
 	if !out.Rules {
 		return out, nil
@@ -98,7 +61,7 @@ func (b *Backend) Counters(ctx context.Context) (Counters, error) {
 	for i, v6 := range b.families() {
 		save, err := b.runner.run(ctx, nil, saveCmd(v6), "-c", "-t", "filter")
 		if err != nil {
-			return Counters{}, fmt.Errorf("counters: read %s filter table: %w", familyName(v6), err)
+			return backend.Counters{}, fmt.Errorf("counters: read %s filter table: %w", familyName(v6), err)
 		}
 		deny, jump := b.parseCounters(string(save), v6)
 		out.Families[i].Packets, out.Families[i].Bytes = jump.packets, jump.bytes

@@ -125,7 +125,7 @@ func TestOriginSetKey(t *testing.T) {
 }
 
 // findSet returns the counters of one set by name.
-func findSet(t *testing.T, c Counters, name string) SetCounters {
+func findSet(t *testing.T, c backend.Counters, name string) backend.SetCounters {
 	t.Helper()
 	for _, s := range c.Sets {
 		if s.Name == name {
@@ -133,7 +133,7 @@ func findSet(t *testing.T, c Counters, name string) SetCounters {
 		}
 	}
 	t.Fatalf("set %s not in counters %+v", name, c.Sets)
-	return SetCounters{}
+	return backend.SetCounters{}
 }
 
 // TestKernelCounters bans a peer address, pings from it and from a clean
@@ -156,7 +156,7 @@ func TestKernelCounters(t *testing.T) {
 		{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Origin: 0, Until: until},
 		{Prefix: netip.MustParsePrefix("203.0.113.7/32"), Origin: 0, Until: until},
 	}
-	if err := b.Ensure(ctx, []int{0, 1}); err != nil {
+	if err := ensure(ctx, b, 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Replay(ctx, active); err != nil {
@@ -291,7 +291,7 @@ func TestKernelCountersIPSetMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []SetCounters{
+	want := []backend.SetCounters{
 		{Name: "mine4", Family: "ipv4", Shared: true, Members: 2},
 		{Name: "mine6", Key: backend.SetKey{V6: true}, Family: "ipv6", Shared: true, Members: 1},
 	}

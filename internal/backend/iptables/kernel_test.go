@@ -102,9 +102,9 @@ func TestKernelEnsureIdempotent(t *testing.T) {
 		Chains4: []string{"INPUT", "FORWARD", "DOCKER-USER"}, Chains6: []string{"INPUT"},
 		DenyLog: true, RuleComments: true, DenyAction: "REJECT",
 	})
-	b.SetOriginNames(map[int]string{0: "crowdsec", 1: "lists:firehol"})
+	b.SetOrigins(backend.Origins{0: "crowdsec", 1: "lists:firehol"})
 	for range 2 {
-		if err := b.Ensure(ctx, []int{0, 1}); err != nil {
+		if err := ensure(ctx, b, 0, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -137,7 +137,7 @@ func TestKernelEnsureIdempotent(t *testing.T) {
 	if d, err := b.Verify(ctx, nil); err != nil || !slices.Contains(d.Kinds, "jump") {
 		t.Fatalf("Verify after DOCKER-USER appeared = %+v, %v, want jump drift", d, err)
 	}
-	if err := b.Ensure(ctx, nil); err != nil {
+	if err := b.Ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if got := sh(t, "iptables -S DOCKER-USER"); !strings.Contains(got, "-A DOCKER-USER -j CROWDSEC_CHAIN\n-A DOCKER-USER -j RETURN") {
@@ -225,7 +225,7 @@ func TestKernelReplay(t *testing.T) {
 	}
 	ctx := t.Context()
 	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
-	if err := b.Ensure(ctx, []int{0, 1}); err != nil {
+	if err := ensure(ctx, b, 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{
@@ -288,7 +288,7 @@ func TestKernelVerify(t *testing.T) {
 	want := map[backend.SetKey]int{{Origin: 0}: 2, {Origin: 1}: 1, {Origin: 0, V6: true}: 1}
 	heal := func(t *testing.T) {
 		t.Helper()
-		if err := b.Ensure(ctx, []int{0, 1}); err != nil {
+		if err := ensure(ctx, b, 0, 1); err != nil {
 			t.Fatal(err)
 		}
 		if err := b.Replay(ctx, active); err != nil {
@@ -409,7 +409,7 @@ func TestKernelIPSetMode(t *testing.T) {
 	// The user owns the v6 set and made it without timeout support.
 	sh(t, "ipset create mine6 hash:net family inet6 && ipset add mine6 2001:db8:9::/48")
 	b, _ := newKernelBackend(t, Config{Mode: "ipset", SetName4: "mine4", SetName6: "mine6"})
-	if err := b.Ensure(ctx, []int{0, 5}); err != nil {
+	if err := ensure(ctx, b, 0, 5); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{

@@ -1,8 +1,11 @@
 package iptables
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -316,7 +319,7 @@ func TestParseSaveAndPlan(t *testing.T) {
 		t.Fatalf("chains = %v", st.chains)
 	}
 	b, _ := New(Config{DenyLog: true, RuleComments: true})
-	b.SetOriginNames(map[int]string{0: "crowdsec", 1: `li"sts`})
+	b.SetOrigins(backend.Origins{0: "crowdsec", 1: `li"sts`})
 	jump := b.jumpRule()
 	tests := []struct {
 		name       string
@@ -385,4 +388,19 @@ func TestTokenizeQuote(t *testing.T) {
 			t.Errorf("round trip of %q = %q", got, back)
 		}
 	}
+}
+
+// ensure declares origins (keeping names already set) and runs Ensure.
+func ensure(ctx context.Context, b *Backend, origins ...int) error {
+	o := maps.Clone(b.originNames)
+	if o == nil {
+		o = backend.Origins{}
+	}
+	for _, i := range origins {
+		if _, ok := o[i]; !ok {
+			o[i] = fmt.Sprint("origin-", i)
+		}
+	}
+	b.SetOrigins(o)
+	return b.Ensure(ctx)
 }

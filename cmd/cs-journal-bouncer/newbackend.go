@@ -1,0 +1,43 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/config"
+)
+
+// newBackend builds the backend of the configured mode: the one place that
+// knows which firewall packages exist. Building one never touches the
+// kernel (`-t`, the CLI and set naming rely on that); objects appear on
+// Ensure.
+func newBackend(cfg *config.Config, log *slog.Logger) (backend.Backend, error) {
+	switch cfg.Mode {
+	case config.ModeIPTables, config.ModeIPSet:
+		return iptables.New(iptablesConfig(cfg, log))
+	}
+	return nil, fmt.Errorf("mode %q: %w", cfg.Mode, config.ErrUnsupportedMode)
+}
+
+func iptablesConfig(cfg *config.Config, log *slog.Logger) iptables.Config {
+	return iptables.Config{
+		Mode:            cfg.Mode,
+		DisableIPv4:     cfg.DisableIPv4,
+		DisableIPv6:     cfg.DisableIPv6,
+		SetName4:        cfg.BlacklistsIPv4,
+		SetName6:        cfg.BlacklistsIPv6,
+		SetType:         cfg.IPSetType,
+		MaxElem:         cfg.IPSetSize,
+		DisableTimeouts: cfg.IPSetDisableTimeouts,
+		Chains4:         cfg.Chains4(),
+		Chains6:         cfg.Chains6(),
+		Chain:           "CROWDSEC_CHAIN",
+		DenyAction:      cfg.DenyAction,
+		DenyLog:         cfg.DenyLog,
+		DenyLogPrefix:   cfg.DenyLogPrefix,
+		RuleComments:    cfg.IPTablesAddRuleComments,
+		Logger:          log,
+	}
+}
