@@ -1,0 +1,208 @@
+package nftables
+
+import (
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	gnft "github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
+)
+
+// MaxTimeout is the longest element timeout the backend sets. The kernel
+// takes timeouts in milliseconds and refuses (ERANGE) any whose value in
+// nanoseconds overflows 64 bits, about 213,503 days; measured on 6.18:
+// 36,500 days accepted, 365,000 refused. Ten years keeps far from that
+// edge; the enforcer re-adds the rare longer ban before it runs out.
+const MaxTimeout = 10 * 365 * 24 * time.Hour
+
+// sockBuf is the send and receive buffer forced on our netlink sockets. A
+// transaction is one sendmsg, so the send buffer bounds its size (1M IPv4
+// elements are ~40 MB), and the kernel queues one ack per message before
+// we read any. These are limits, not allocations.
+const sockBuf = 1 << 28
+
+// Backend enforces entries with nf_tables sets and rules over netlink. One
+// goroutine (the enforcer) owns it; only Counters may run concurrently,
+// on a netlink connection of its own.
+type Backend struct {
+	cfg     Config
+	log     *slog.Logger
+	conn    *gnft.Conn // the enforcer's
+	fams    []*family  // enabled families, IPv4 first
+	mu      sync.RWMutex
+	origins backend.Origins // guarded by mu: Counters reads it concurrently
+	// mirrors hold what our interval sets should hold, by kernel set name
+	// (see intervals.go); nil entries are unknown and re-read from the kernel.
+	mirrors map[string]*mirror
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// family is one enabled address family's objects.
+type family struct {
+	v6      bool
+	cfg     Family
+	keyType gnft.SetDatatype
+	tfam    gnft.TableFamily
+	// table is our table, or in set-only mode the administrator's table as
+	// found by Ensure (nil until then).
+	table *gnft.Table
+	// userSet describes the set found in set-only mode (flags decide
+	// whether it takes ranges and timeouts); nil until Ensure.
+	userSet *gnft.Set
+}
+
+// New validates cfg and returns a backend. It does not touch the kernel:
+// tables, chains, rules and sets appear on Ensure.
+func New(cfg Config) (*Backend, error) {
+	c, err := cfg.normalized()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := newConn()
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{
+		cfg:     c,
+		log:     c.Logger.With("component", "backend", "mode", "nftables"),
+		conn:    conn,
+		origins: backend.Origins{},
+		mirrors: map[string]*mirror{},
+	}
+	if c.IPv4.Enabled {
+		b.fams = append(b.fams, &family{cfg: c.IPv4, keyType: gnft.TypeIPAddr, tfam: gnft.TableFamilyIPv4})
+	}
+	if c.IPv6.Enabled {
+		b.fams = append(b.fams, &family{v6: true, cfg: c.IPv6, keyType: gnft.TypeIP6Addr, tfam: gnft.TableFamilyIPv6})
+	}
+	for _, f := range b.fams {
+		if !f.cfg.SetOnly {
+			f.table = &gnft.Table{Name: f.cfg.Table, Family: f.tfam}
+		}
+	}
+	return b, nil
+}
+
+// newConn returns a connection that dials a fresh netlink socket per
+// operation (a failed batch leaves no stray acks behind) with large
+// buffers, so that one transaction may hold a million elements.
+func newConn() (*gnft.Conn, error) {
+	c, err := gnft.New(gnft.WithSockOptions(func(nc *netlink.Conn) error {
+		raw, err := nc.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := raw.Control(func(fd uintptr) {
+			for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, sockBuf); e != nil && serr == nil {
+					serr = fmt.Errorf("setsockopt %d: %w", opt, e)
+				}
+			}
+		}); err != nil {
+			return err
+		}
+		return serr
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("nftables connection: %w", err)
+	}
+	return c, nil
+}
+
+// SetOrigins declares the origins whose sets and rules must exist.
+func (b *Backend) SetOrigins(o backend.Origins) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.origins = maps.Clone(o)
+}
+
+// SetKeyOf names the set an origin's entries go to: one per origin and
+// family, or one per family in set-only mode.
+func (b *Backend) SetKeyOf(origin int, v6 bool) backend.SetKey {
+	if f := b.fam(v6); f != nil && f.cfg.SetOnly {
+		return backend.SetKey{V6: v6}
+	}
+	return backend.SetKey{Origin: origin, V6: v6}
+}
+
+// SetName returns the kernel name of a set: blacklists-<origin> as
+// upstream names it (origin lists:NAME gives lists-NAME), or blacklists
+// itself in set-only mode. Its ranges, if any, live in SetName+"-ranges".
+func (b *Backend) SetName(k backend.SetKey) string {
+	f := b.fam(k.V6)
+	if f == nil {
+		return ""
+	}
+	if f.cfg.SetOnly {
+		return f.cfg.SetName
+	}
+	return f.cfg.SetName + "-" + b.originKey(k.Origin)
+}
+
+// rangesName is the interval set holding an origin's ranges.
+func rangesName(set string) string { return set + "-ranges" }
+
+// originKey turns an origin name into the set name suffix: "lists:x"
+// becomes "lists-x" like upstream; characters nft would need quoted
+// become "_". An undeclared origin is named by its index.
+func (b *Backend) originKey(origin int) string {
+	b.mu.RLock()
+	name, ok := b.origins[origin]
+	b.mu.RUnlock()
+	if !ok || name == "" {
+		return "origin" + strconv.Itoa(origin)
+	}
+	name = strings.Replace(name, ":", "-", 1)
+	return strings.Map(func(r rune) rune {
+		if r == '-' || r == '_' || r == '.' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') {
+			return r
+		}
+		return '_'
+	}, name)
+}
+
+// Limits reports the timeout cap; member counts need a full element dump
+// in nf_tables (the kernel reports no count), so Verify does not compare
+// them.
+func (b *Backend) Limits() backend.Limits {
+	return backend.Limits{MaxTimeout: MaxTimeout, CountsMembers: false}
+}
+
+func (b *Backend) fam(v6 bool) *family {
+	for _, f := range b.fams {
+		if f.v6 == v6 {
+			return f
+		}
+	}
+	return nil
+}
+
+func familyName(v6 bool) string {
+	if v6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+// origins returns the declared origin indices, sorted.
+func (b *Backend) originList() []int {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	out := make([]int, 0, len(b.origins))
+	for o := range b.origins {
+		out = append(out, o)
+	}
+	slices.Sort(out)
+	return out
+}

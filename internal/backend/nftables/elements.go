@@ -1,0 +1,479 @@
+package nftables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	gnft "github.com/google/nftables"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
+)
+
+const (
+	// perMsg bounds the elements in one netlink message: its element list
+	// is one attribute, whose length field is 16 bits (64 KiB); an IPv6
+	// interval element with timeout takes under 50 bytes.
+	perMsg = 1200
+	// perTx bounds the entries of one Apply transaction; Replay is always
+	// one transaction, whatever its size.
+	perTx = 50000
+)
+
+// slot names the kernel set an entry goes to.
+type slot struct {
+	fam      *family
+	name     string
+	interval bool
+}
+
+// route picks an entry's set, or says why the backend refuses it.
+func (b *Backend) route(e backend.Entry) (slot, *backend.Rejection) {
+	reject := func(reason, why string) (slot, *backend.Rejection) {
+		return slot{}, &backend.Rejection{Entry: e, Reason: reason,
+			Err: fmt.Errorf("%w: %s: %s", backend.ErrRejected, e.Prefix, why)}
+	}
+	p := e.Prefix
+	switch {
+	case !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "":
+		return reject("invalid_prefix", "not a plain IPv4 or IPv6 prefix")
+	case p.Masked() != p:
+		return reject("invalid_prefix", "not masked")
+	case p.Bits() == 0:
+		return reject("invalid_prefix", "a /0 would ban everything")
+	}
+	v6 := p.Addr().Is6()
+	f := b.fam(v6)
+	if f == nil {
+		return reject("family_disabled", familyName(v6)+" is disabled")
+	}
+	if f.cfg.SetOnly {
+		if f.userSet == nil {
+			return reject("set_missing", "set-only set not found (Ensure not run)")
+		}
+		if !p.IsSingleIP() && !f.userSet.Interval {
+			return reject("set_type", "set "+f.cfg.SetName+" has no interval flag: it holds single addresses only")
+		}
+		return slot{fam: f, name: f.cfg.SetName, interval: f.userSet.Interval}, nil
+	}
+	b.mu.RLock()
+	_, declared := b.origins[e.Origin]
+	b.mu.RUnlock()
+	if !declared {
+		return reject("unknown_origin", fmt.Sprintf("origin %d not declared", e.Origin))
+	}
+	name := b.SetName(b.SetKeyOf(e.Origin, v6))
+	if p.IsSingleIP() {
+		return slot{fam: f, name: name}, nil
+	}
+	return slot{fam: f, name: rangesName(name), interval: true}, nil
+}
+
+// setRef is the set object element messages address.
+func (b *Backend) setRef(s slot) *gnft.Set {
+	if s.fam.cfg.SetOnly {
+		return s.fam.userSet
+	}
+	return b.setObj(s.fam, s.name, s.interval)
+}
+
+// timeout turns Until into an element timeout: zero for none, capped at
+// MaxTimeout; ok is false when the entry already expired.
+func (b *Backend) timeout(set *gnft.Set, until, now time.Time) (time.Duration, bool) {
+	if until.IsZero() {
+		return 0, true
+	}
+	d := until.Sub(now)
+	if d <= 0 {
+		return 0, false
+	}
+	if !set.HasTimeout || b.cfg.DisableTimeouts {
+		return 0, true
+	}
+	d = (d + time.Millisecond - 1).Truncate(time.Millisecond)
+	return min(d, MaxTimeout), true
+}
+
+// elems appends the kernel elements of p: its address, or for an interval
+// set its start and the end just past it (none when p reaches the end of
+// the address space).
+func elems(dst []gnft.SetElement, p netip.Prefix, interval bool, to time.Duration) []gnft.SetElement {
+	dst = append(dst, gnft.SetElement{Key: p.Addr().AsSlice(), Timeout: to})
+	if interval {
+		if end := lastAddr(p).Next(); end.IsValid() {
+			dst = append(dst, gnft.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+		}
+	}
+	return dst
+}
+
+// writer queues element messages of at most perMsg elements.
+type writer struct {
+	conn *gnft.Conn
+	set  *gnft.Set
+	buf  []gnft.SetElement
+	op   func(*gnft.Set, []gnft.SetElement) error
+	err  error
+}
+
+func (w *writer) put(e ...gnft.SetElement) {
+	w.buf = append(w.buf, e...)
+	if len(w.buf) >= perMsg {
+		w.flush()
+	}
+}
+
+func (w *writer) flush() {
+	if len(w.buf) > 0 && w.err == nil {
+		w.err = w.op(w.set, w.buf)
+	}
+	w.buf = w.buf[:0]
+}
+
+// queueAdd queues "add, delete, add" of ps: whether or not an element is
+// present, it ends present with the new timeout, and neither step fails
+// (an add of a present element is a no-op before kernel 6.10, a delete of
+// an absent one an error). Each step is its own run of messages.
+func (b *Backend) queueAdd(set *gnft.Set, items []item) error {
+	for _, step := range []struct {
+		op func(*gnft.Set, []gnft.SetElement) error
+		to bool
+	}{{b.conn.SetAddElements, true}, {b.conn.SetDeleteElements, false}, {b.conn.SetAddElements, true}} {
+		w := &writer{conn: b.conn, set: set, op: step.op}
+		for _, it := range items {
+			to := it.to
+			if !step.to {
+				to = 0
+			}
+			w.put(elems(nil, it.p, set.Interval, to)...)
+		}
+		w.flush()
+		if w.err != nil {
+			return w.err
+		}
+	}
+	return nil
+}
+
+// queueDel queues "add, delete": the element ends absent, and the delete
+// cannot fail for want of it.
+func (b *Backend) queueDel(set *gnft.Set, items []item) error {
+	for _, op := range []func(*gnft.Set, []gnft.SetElement) error{b.conn.SetAddElements, b.conn.SetDeleteElements} {
+		w := &writer{conn: b.conn, set: set, op: op}
+		for _, it := range items {
+			w.put(elems(nil, it.p, set.Interval, 0)...)
+		}
+		w.flush()
+		if w.err != nil {
+			return w.err
+		}
+	}
+	return nil
+}
+
+// item is a prefix with its element timeout.
+type item struct {
+	p  netip.Prefix
+	to time.Duration
+}
+
+// Apply deletes then adds entries, in transactions of up to perTx
+// entries. An added entry that is present gets the new timeout. Refused
+// entries are reported as a *backend.RejectedError after the rest was
+// applied.
+func (b *Backend) Apply(ctx context.Context, d backend.Delta) error {
+	var rej []backend.Rejection
+	now := b.cfg.Now()
+	for start := 0; start < len(d.Del)+len(d.Add); start += perTx {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		end := min(start+perTx, len(d.Del)+len(d.Add))
+		r, err := b.applyTx(d, start, end, now)
+		rej = append(rej, r...)
+		if err != nil {
+			return errors.Join(err, rejected(rej))
+		}
+	}
+	return rejected(rej)
+}
+
+func rejected(rs []backend.Rejection) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	return &backend.RejectedError{Rejected: rs}
+}
+
+// applyTx applies entries [start,end) of Del followed by Add in one
+// transaction.
+func (b *Backend) applyTx(d backend.Delta, start, end int, now time.Time) ([]backend.Rejection, error) {
+	type group struct {
+		set        *gnft.Set
+		slot       slot
+		dels, adds []item
+		mdels      []netip.Prefix
+		madds      map[netip.Prefix]time.Time
+	}
+	groups := map[string]*group{}
+	var order []string
+	var rej []backend.Rejection
+	for i := start; i < end; i++ {
+		isDel := i < len(d.Del)
+		var e backend.Entry
+		if isDel {
+			e = d.Del[i]
+		} else {
+			e = d.Add[i-len(d.Del)]
+		}
+		s, r := b.route(e)
+		if r != nil {
+			if !isDel {
+				rej = append(rej, *r)
+			}
+			continue
+		}
+		g := groups[s.name]
+		if g == nil {
+			g = &group{set: b.setRef(s), slot: s, madds: map[netip.Prefix]time.Time{}}
+			groups[s.name] = g
+			order = append(order, s.name)
+		}
+		switch {
+		case s.interval && isDel:
+			g.mdels = append(g.mdels, e.Prefix)
+			delete(g.madds, e.Prefix)
+		case s.interval:
+			if _, ok := b.timeout(g.set, e.Until, now); ok {
+				g.madds[e.Prefix] = e.Until
+			}
+		case isDel:
+			g.dels = append(g.dels, item{p: e.Prefix})
+		default:
+			if to, ok := b.timeout(g.set, e.Until, now); ok {
+				g.adds = append(g.adds, item{p: e.Prefix, to: to})
+			}
+		}
+	}
+	for _, name := range order {
+		g := groups[name]
+		if g.slot.interval {
+			if err := b.queueMirror(g.set, g.mdels, g.madds, now); err != nil {
+				return rej, err
+			}
+			continue
+		}
+		if err := b.queueDel(g.set, g.dels); err != nil {
+			return rej, err
+		}
+		if err := b.queueAdd(g.set, g.adds); err != nil {
+			return rej, err
+		}
+	}
+	if err := b.conn.Flush(); err != nil {
+		b.forgetMirrors()
+		return rej, fmt.Errorf("nftables apply: %w", err)
+	}
+	return rej, nil
+}
+
+// queueMirror updates an interval set's mirror and queues the root changes.
+func (b *Backend) queueMirror(set *gnft.Set, dels []netip.Prefix, adds map[netip.Prefix]time.Time, now time.Time) error {
+	m, err := b.mirrorOf(set, now)
+	if err != nil {
+		return err
+	}
+	var del, add []item
+	for _, c := range m.update(dels, adds, now) {
+		to, ok := b.timeout(set, c.until, now)
+		if !ok {
+			to = time.Second // expired root still being removed: any timeout does
+		}
+		if c.add {
+			add = append(add, item{p: c.p, to: to})
+		} else {
+			del = append(del, item{p: c.p, to: to})
+		}
+	}
+	if err := b.queueDel(set, del); err != nil {
+		return err
+	}
+	return b.queueAdd(set, add)
+}
+
+// mirrorOf returns an interval set's mirror, reading the set from the
+// kernel when it is unknown (at start, after a failed transaction).
+func (b *Backend) mirrorOf(set *gnft.Set, now time.Time) (*mirror, error) {
+	if m := b.mirrors[set.Name]; m != nil {
+		return m, nil
+	}
+	m := newMirror()
+	els, err := b.conn.GetSetElements(set)
+	if err != nil {
+		return nil, fmt.Errorf("read interval set %s: %w", set.Name, err)
+	}
+	for _, iv := range intervals(els) {
+		until := time.Time{}
+		if iv.expires > 0 {
+			until = now.Add(iv.expires)
+		}
+		for _, p := range rangeToPrefixes(iv.first, iv.last) {
+			m.want[p], m.roots[p] = until, until
+		}
+	}
+	b.mirrors[set.Name] = m
+	return m, nil
+}
+
+// forgetMirrors marks every mirror unknown: after a failed transaction
+// the kernel holds what it held before, which the mirrors no longer say.
+func (b *Backend) forgetMirrors() {
+	for k := range b.mirrors {
+		b.mirrors[k] = nil
+	}
+}
+
+// interval is one [first, last] range of an interval set dump.
+type interval struct {
+	first, last netip.Addr
+	expires     time.Duration
+}
+
+// intervals pairs the start and end elements of an interval set dump. A
+// start without an end runs to the end of the address space.
+func intervals(els []gnft.SetElement) []interval {
+	var starts, ends []gnft.SetElement
+	for _, e := range els {
+		if e.IntervalEnd {
+			ends = append(ends, e)
+		} else {
+			starts = append(starts, e)
+		}
+	}
+	endAt := map[netip.Addr]bool{}
+	for _, e := range ends {
+		if a, ok := netip.AddrFromSlice(e.Key); ok {
+			endAt[a] = true
+		}
+	}
+	var out []interval
+	for _, s := range starts {
+		first, ok := netip.AddrFromSlice(s.Key)
+		if !ok {
+			continue
+		}
+		// the end is the lowest end element above first
+		last := netip.Addr{}
+		for _, e := range ends {
+			a, _ := netip.AddrFromSlice(e.Key)
+			if a.Compare(first) > 0 && (!last.IsValid() || a.Compare(last) < 0) {
+				last = a
+			}
+		}
+		if last.IsValid() {
+			last = last.Prev()
+		} else {
+			last = lastAddr(netip.PrefixFrom(first, 0))
+		}
+		out = append(out, interval{first: first, last: last, expires: s.Expires})
+	}
+	return out
+}
+
+// Replay makes our sets hold exactly active in one transaction: each set
+// is flushed and refilled, so no packet sees a half-filled set. Expired
+// entries are skipped; refused ones are reported as for Apply.
+func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := b.cfg.Now()
+	slots, rej := b.replaySlots(active)
+	for _, s := range slots {
+		b.conn.FlushSet(b.setRef(s))
+	}
+	for _, s := range slots {
+		if err := b.replaySet(s, active, now); err != nil {
+			b.conn = mustReset(b.conn)
+			b.forgetMirrors()
+			return errors.Join(err, rejected(rej))
+		}
+	}
+	if err := b.conn.Flush(); err != nil {
+		b.forgetMirrors()
+		return errors.Join(fmt.Errorf("nftables replay: %w", err), rejected(rej))
+	}
+	return rejected(rej)
+}
+
+// replaySlots lists every set of ours and the refused entries.
+func (b *Backend) replaySlots(active []backend.Entry) ([]slot, []backend.Rejection) {
+	var slots []slot
+	for _, f := range b.fams {
+		if f.cfg.SetOnly {
+			if f.userSet != nil {
+				slots = append(slots, slot{fam: f, name: f.cfg.SetName, interval: f.userSet.Interval})
+			}
+			continue
+		}
+		for _, o := range b.originList() {
+			name := b.SetName(b.SetKeyOf(o, f.v6))
+			slots = append(slots, slot{fam: f, name: name}, slot{fam: f, name: rangesName(name), interval: true})
+		}
+	}
+	var rej []backend.Rejection
+	for _, e := range active {
+		if _, r := b.route(e); r != nil {
+			rej = append(rej, *r)
+		}
+	}
+	return slots, rej
+}
+
+// replaySet queues the elements of one set: a pass over active per set
+// keeps memory to one message's worth of elements.
+func (b *Backend) replaySet(s slot, active []backend.Entry, now time.Time) error {
+	set := b.setRef(s)
+	if s.interval {
+		m := newMirror()
+		for _, e := range active {
+			if r, rej := b.route(e); rej == nil && r.name == s.name {
+				if _, ok := b.timeout(set, e.Until, now); ok {
+					m.want[e.Prefix] = later(m.want[e.Prefix], e.Until)
+				}
+			}
+		}
+		b.mirrors[s.name] = m
+		w := &writer{conn: b.conn, set: set, op: b.conn.SetAddElements}
+		for _, c := range m.update(nil, nil, now) {
+			to, _ := b.timeout(set, c.until, now)
+			w.put(elems(nil, c.p, true, to)...)
+		}
+		w.flush()
+		return w.err
+	}
+	w := &writer{conn: b.conn, set: set, op: b.conn.SetAddElements}
+	var one [2]gnft.SetElement
+	for _, e := range active {
+		if r, rej := b.route(e); rej != nil || r.name != s.name {
+			continue
+		}
+		if to, ok := b.timeout(set, e.Until, now); ok {
+			w.put(elems(one[:0], e.Prefix, false, to)...)
+		}
+	}
+	w.flush()
+	return w.err
+}
+
+// mustReset drops a connection's queued messages after a failure while
+// queueing, by replacing it.
+func mustReset(old *gnft.Conn) *gnft.Conn {
+	c, err := newConn()
+	if err != nil {
+		return old
+	}
+	return c
+}
