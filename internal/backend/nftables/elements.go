@@ -285,22 +285,38 @@ func (b *Backend) queueMirror(set *gnft.Set, dels []netip.Prefix, adds map[netip
 	if err != nil {
 		return err
 	}
-	var del, add []item
+	var del, refresh, fresh []item
 	for _, c := range m.update(dels, adds, now) {
-		to, ok := b.timeout(set, c.until, now)
-		if !ok {
-			to = time.Second // expired root still being removed: any timeout does
-		}
-		if c.add {
-			add = append(add, item{p: c.p, to: to})
-		} else {
-			del = append(del, item{p: c.p, to: to})
+		to, _ := b.timeout(set, c.until, now)
+		switch {
+		case !c.add:
+			del = append(del, item{p: c.p})
+		case c.fresh:
+			fresh = append(fresh, item{p: c.p, to: to})
+		default:
+			refresh = append(refresh, item{p: c.p, to: to})
 		}
 	}
 	if err := b.queueDel(set, del); err != nil {
 		return err
 	}
-	return b.queueAdd(set, add)
+	if err := b.queueAdd(set, refresh); err != nil {
+		return err
+	}
+	// A new root may cover roots deleted just before in this transaction:
+	// the kernel then cannot find it again to delete it (ENOENT, kernel
+	// 6.18), so it is only added. It was not a root: nothing to refresh.
+	return b.queueOps(set, fresh, b.conn.SetAddElements)
+}
+
+// queueOps queues one operation over items.
+func (b *Backend) queueOps(set *gnft.Set, items []item, op func(*gnft.Set, []gnft.SetElement) error) error {
+	w := &writer{conn: b.conn, set: set, op: op}
+	for _, it := range items {
+		w.put(elems(nil, it.p, set.Interval, it.to)...)
+	}
+	w.flush()
+	return w.err
 }
 
 // mirrorOf returns an interval set's mirror, reading the set from the

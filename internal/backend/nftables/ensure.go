@@ -121,21 +121,20 @@ func (b *Backend) ensureOwn(f *family) error {
 			replace = append(replace, s)
 		}
 	}
-	for _, hook := range b.cfg.Hooks {
-		c := b.chainObj(f, hook)
-		have, ok := st.chains[c.Name]
-		if ok && sameChain(have, c) && len(replace) == 0 {
-			if err := b.ensureRules(f, c, want); err != nil {
-				return err
+	for _, name := range b.counterNames(f) {
+		if !st.counters[name] {
+			b.conn.AddObj(&gnft.CounterObj{Table: f.table, Name: name})
+		}
+	}
+	// Replacing a set: first the chains whose rules reference it (deleting
+	// a chain deletes its rules), then the set; both come back below.
+	dropped := map[string]bool{}
+	if len(replace) > 0 {
+		for _, hook := range b.cfg.Hooks {
+			if have, ok := st.chains[b.chainObj(f, hook).Name]; ok {
+				b.conn.DelChain(have)
+				dropped[have.Name] = true
 			}
-			continue
-		}
-		if ok { // deleting the chain deletes its rules too
-			b.conn.DelChain(have)
-		}
-		b.conn.AddChain(c)
-		for i := range want {
-			b.conn.AddRule(&gnft.Rule{Table: f.table, Chain: c, Exprs: want[i].exprs, UserData: want[i].comment})
 		}
 	}
 	for _, s := range replace {
@@ -145,9 +144,21 @@ func (b *Backend) ensureOwn(f *family) error {
 		}
 		b.mirrors[s.Name] = nil
 	}
-	for _, name := range b.counterNames(f) {
-		if !st.counters[name] {
-			b.conn.AddObj(&gnft.CounterObj{Table: f.table, Name: name})
+	for _, hook := range b.cfg.Hooks {
+		c := b.chainObj(f, hook)
+		have, ok := st.chains[c.Name]
+		if ok && !dropped[c.Name] && sameChain(have, c) {
+			if err := b.ensureRules(f, c, want); err != nil {
+				return err
+			}
+			continue
+		}
+		if ok && !dropped[c.Name] { // hooked elsewhere: recreate
+			b.conn.DelChain(have)
+		}
+		b.conn.AddChain(c)
+		for i := range want {
+			b.conn.AddRule(&gnft.Rule{Table: f.table, Chain: c, Exprs: want[i].exprs, UserData: want[i].comment})
 		}
 	}
 	return nil

@@ -77,6 +77,7 @@ type change struct {
 	p     netip.Prefix
 	until time.Time
 	add   bool
+	fresh bool // added, and not a root before
 }
 
 // update applies dels then adds to the wanted prefixes and returns the
@@ -100,7 +101,7 @@ func (m *mirror) update(dels []netip.Prefix, adds map[netip.Prefix]time.Time, no
 	}
 	for p, until := range next {
 		if _, ok := m.roots[p]; !ok {
-			out = append(out, change{p: p, until: until, add: true})
+			out = append(out, change{p: p, until: until, add: true, fresh: true})
 		}
 	}
 	m.roots = next
