@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -351,5 +352,203 @@ func TestKernelApply(t *testing.T) {
 	}
 	if got := keys(elements(t, "ip", "crowdsec", "crowdsec-blacklists-lists-firehol_l1-ranges")); !slices.Equal(got, []string{"198.18.0.0/15"}) {
 		t.Errorf("restart + cover: %q", got)
+	}
+}
+
+func TestKernelReplay(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b := newKernel(t, kernelConfig())
+	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{entry("203.0.113.5/32", 0, time.Hour), entry("203.0.113.0/24", 0, time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 100_000
+	active := make([]backend.Entry, 0, n+3)
+	base := netip.MustParseAddr("198.18.0.0")
+	for a := base; len(active) < n; a = a.Next() {
+		active = append(active, backend.Entry{Prefix: netip.PrefixFrom(a, 32), Origin: 0, Until: t0.Add(time.Hour)})
+	}
+	active = append(active,
+		entry("192.0.2.0/25", 0, time.Hour),
+		entry("2001:db8::/64", 2, time.Hour),
+		entry("192.0.2.9/32", 1, -time.Minute), // expired: skipped
+	)
+	if err := b.Replay(ctx, active); err != nil {
+		t.Fatal(err)
+	}
+	// counted in nft's text output: its JSON output of a 100k set came
+	// back short here (nft 1.0.6)
+	text := sh(t, "nft list set ip crowdsec crowdsec-blacklists-crowdsec")
+	if got := len(regexp.MustCompile(`(^|[^0-9.])198\.1[89]\.`).FindAllString(text, -1)); got != n {
+		t.Errorf("%d singles, want %d", got, n)
+	}
+	if strings.Contains(text, "203.0.113.5") {
+		t.Error("203.0.113.5 survived the replay")
+	}
+	if got := keys(elements(t, "ip", "crowdsec", "crowdsec-blacklists-crowdsec-ranges")); !slices.Equal(got, []string{"192.0.2.0/25"}) {
+		t.Errorf("ranges after replay: %q", got)
+	}
+	if got := keys(elements(t, "ip6", "crowdsec6", "crowdsec6-blacklists-cscli-ranges")); !slices.Equal(got, []string{"2001:db8::/64"}) {
+		t.Errorf("v6 ranges after replay: %q", got)
+	}
+	if got := elements(t, "ip", "crowdsec", "crowdsec-blacklists-lists-firehol_l1"); len(got) != 0 {
+		t.Errorf("expired entry replayed: %v", got)
+	}
+	c, err := b.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var members int
+	for _, s := range c.Sets {
+		members += s.Members
+	}
+	if members != n+2 || !c.Rules || len(c.Families) != 2 {
+		t.Errorf("Counters: %d members, %+v", members, c)
+	}
+}
+
+func TestKernelVerifyFaults(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	tests := []struct {
+		name, script, kind string
+	}{
+		{"flush ruleset", "nft flush ruleset", "table"},
+		{"delete table", "nft delete table ip6 crowdsec6", "table"},
+		{"flush chain", "nft flush chain ip crowdsec crowdsec-chain-forward", "rule"},
+		{"delete chain", "nft delete chain ip crowdsec crowdsec-chain-input", "chain"},
+		{"delete our rule", "nft delete rule ip crowdsec crowdsec-chain-input handle $(nft -a list chain ip crowdsec crowdsec-chain-input | grep 'blacklists-cscli-ranges' | sed 's/.*handle //')", "rule"},
+		{"delete set", "nft flush chain ip crowdsec crowdsec-chain-input; nft flush chain ip crowdsec crowdsec-chain-forward; nft delete set ip crowdsec crowdsec-blacklists-cscli", "set"},
+	}
+	b := newKernel(t, kernelConfig())
+	for _, tt := range tests {
+		if err := b.Ensure(ctx); err != nil {
+			t.Fatalf("%s: Ensure: %v", tt.name, err)
+		}
+		if d, err := b.Verify(ctx, nil); err != nil || !d.None() {
+			t.Fatalf("%s: before: %+v %v", tt.name, d, err)
+		}
+		sh(t, tt.script)
+		d, err := b.Verify(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(d.Kinds, tt.kind) {
+			t.Errorf("%s: drift %+v, want kind %q", tt.name, d, tt.kind)
+		}
+	}
+	// a flushed set is not seen by the cheap Verify (no counts in
+	// nf_tables) but by Members
+	if err := b.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{entry("192.0.2.3/32", 2, time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "nft flush set ip crowdsec crowdsec-blacklists-cscli")
+	if d, _ := b.Verify(ctx, map[backend.SetKey]int{{Origin: 2}: 1}); !d.None() {
+		t.Errorf("flushed set: cheap Verify reported %+v (it cannot count)", d)
+	}
+	m, err := b.Members(ctx)
+	if err != nil || len(m[backend.SetKey{Origin: 2}]) != 0 {
+		t.Errorf("Members after flush: %v %v", m[backend.SetKey{Origin: 2}], err)
+	}
+}
+
+func TestKernelCloseKeep(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b := newKernel(t, kernelConfig())
+	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{entry("192.0.2.3/32", 0, time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	before := sh(t, "nft list ruleset")
+	if err := b.Close(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if after := sh(t, "nft list ruleset"); strings.Count(after, "\n") != strings.Count(before, "\n") {
+		t.Errorf("Close(keep) changed the ruleset:\n%s", after)
+	}
+	// someone else's chain in our table survives Close(false), and a
+	// table of theirs is never touched
+	sh(t, "nft add chain ip crowdsec theirs; nft add table ip filter; nft add chain ip filter input '{ type filter hook input priority 0; }'")
+	if err := b.Close(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	_, chains, sets, tables := ruleset(t)
+	var names []string
+	for _, c := range chains {
+		names = append(names, c.Table+"/"+c.Name)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"crowdsec/theirs", "filter/input"}) || len(sets) != 0 {
+		t.Errorf("after Close(false): chains %q sets %d tables %q", names, len(sets), tables)
+	}
+}
+
+func TestKernelSetOnly(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	// the administrator's tables: an ip one with their own set and rule
+	// (no interval flag), and an inet one for IPv6 with an interval set
+	sh(t, `nft -f - <<'X'
+table ip filter {
+	set crowdsec-blacklists { type ipv4_addr; flags timeout; }
+	chain input { type filter hook input priority 0; ip saddr @crowdsec-blacklists drop; }
+}
+table inet fw {
+	set crowdsec6-blacklists { type ipv6_addr; flags interval,timeout; }
+	chain input { type filter hook input priority 0; ip6 saddr @crowdsec6-blacklists drop; }
+}
+X`)
+	before := sh(t, "nft list chains; nft list tables")
+	cfg := Config{
+		IPv4: Family{Enabled: true, SetOnly: true, Table: "filter"},
+		IPv6: Family{Enabled: true, SetOnly: true, Table: "fw"},
+	}
+	b := newKernel(t, cfg)
+	if k := b.SetKeyOf(3, true); k != (backend.SetKey{V6: true}) {
+		t.Errorf("SetKeyOf in set-only: %+v", k)
+	}
+	err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{
+		entry("192.0.2.1/32", 0, time.Hour),
+		entry("192.0.2.0/24", 1, time.Hour), // range into a set without interval: refused
+		entry("2001:db8::/48", 0, time.Hour),
+		entry("2001:db8::5/128", 2, time.Hour), // nested in the /48
+	}})
+	rs, rest := backend.Rejected(err)
+	if rest != nil || len(rs) != 1 || rs[0].Reason != "set_type" {
+		t.Fatalf("Apply: %v", err)
+	}
+	if got := keys(elements(t, "ip", "filter", "crowdsec-blacklists")); !slices.Equal(got, []string{"192.0.2.1"}) {
+		t.Errorf("ip filter set: %q", got)
+	}
+	if got := keys(elements(t, "inet", "fw", "crowdsec6-blacklists")); !slices.Equal(got, []string{"2001:db8::/48"}) {
+		t.Errorf("inet fw set: %q", got)
+	}
+	if d, err := b.Verify(ctx, nil); err != nil || !d.None() {
+		t.Errorf("Verify: %+v %v", d, err)
+	}
+	if err := b.Close(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if after := sh(t, "nft list chains; nft list tables"); after != before {
+		t.Errorf("set-only created or removed chains/tables:\n%s\nwant\n%s", after, before)
+	}
+	if got := elements(t, "ip", "filter", "crowdsec-blacklists"); len(got) != 0 {
+		t.Errorf("Close(false) left %v in our set", got)
+	}
+	// the table missing: Ensure fails, nothing is created
+	sh(t, "nft delete table inet fw")
+	if err := b.Ensure(ctx); !errors.Is(err, ErrTableMissing) {
+		t.Errorf("Ensure without the table: %v", err)
 	}
 }
