@@ -1,0 +1,61 @@
+// Package nftables enforces the journal's view with nf_tables over netlink
+// (github.com/google/nftables; no nft binary, no exec per entry). It
+// implements backend.Backend for upstream's "nftables" mode with
+// upstream's names, so configurations, scripts and dashboards keep
+// working:
+//
+//	table ip <nftables.ipv4.table>   (crowdsec)    table ip6 <...ipv6.table> (crowdsec6)
+//	  counter processed, counter <set> per origin
+//	  set <blacklists_ipv4>-<origin>          ipv4_addr, flags timeout
+//	  set <blacklists_ipv4>-<origin>-ranges   ipv4_addr, flags interval,timeout
+//	  chain <chain>-<hook> per nftables_hooks: type filter, the priority, policy accept
+//	    counter name "processed"
+//	    ip saddr @<set> counter name "<set>" [log prefix …] drop|reject   (per set)
+//
+// An origin "lists:NAME" gives the set <blacklists>-lists-NAME, as
+// upstream. Every rule of ours carries an nft comment starting
+// "cs-journal-bouncer: " that spells the rule: a restart, a kill -9 or a
+// second instance finds its rules by it and never adds duplicates, and a
+// configuration change replaces them. In set-only mode only the set
+// <blacklists> is filled, in the administrator's table of the family's
+// own kind (ip/ip6, else inet); their table, chains and rules are never
+// touched.
+//
+// Set layout for ranges. Single addresses go to upstream's plain set;
+// Range decisions (which upstream cuts down to their network address) go
+// to a second, interval set per origin, both matched by one counter. The
+// kernel refuses overlapping elements in an interval set (a /24 inside a
+// /16 fails the whole transaction), so each interval set has an in-memory
+// mirror and the kernel holds only the outermost prefixes, each with the
+// latest expiry of what it covers (intervals.go); nothing is refused for
+// nesting. Ranges are few, so the mirror is small; a single address inside
+// a range is in the other set and needs no mirror. Measured through
+// netlink on kernel 6.18, one transaction of 100k IPv4 adds with
+// timeouts: 350 ms into a plain set, 450 ms into an interval set (nft -f of
+// the same: 0.92 s and 2.08 s). The interval set costs little; the split
+// keeps upstream's set and spares a 100k-entry mirror.
+//
+// Writes are transactions. Apply sends deletes then adds in transactions
+// of up to 50k entries; an add is "add, delete, add" in one transaction so
+// that a present element gets its new timeout on every kernel (in place
+// only from 6.10 on) and a delete is "add, delete" so an absent element
+// never fails the batch. Replay flushes and refills every set in one
+// transaction, so enforcement never drops: measured 0.76 s for 100k and
+// 8.6 s for 1M entries (nft -f of the same into a timeout set: 1.69 s and
+// 11.8 s). Elements go 1200 per netlink message (a message's element list
+// is one attribute with a 16-bit length); a transaction is one sendmsg, so
+// our sockets get forced 256 MiB send and receive buffers (limits, not
+// allocations).
+//
+// Entries the backend will not hold (disabled family, /0, unmasked,
+// undeclared origin, a range for a set-only set without the interval
+// flag) are reported as *backend.RejectedError after the rest is applied;
+// they are checked before sending, since the kernel stops a whole batch
+// at the first bad element.
+//
+// Limits: element timeouts are capped at MaxTimeout (ten years; the
+// kernel refuses timeouts whose nanoseconds overflow 64 bits, ~213,503
+// days). nf_tables reports no element count short of a full dump, so
+// Verify checks tables, chains, rules, sets and counters only
+// (CountsMembers false): an emptied set shows in Members.
+package nftables
