@@ -6,6 +6,7 @@ import (
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/nftables"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/config"
 )
 
@@ -17,6 +18,8 @@ func newBackend(cfg *config.Config, log *slog.Logger) (backend.Backend, error) {
 	switch cfg.Mode {
 	case config.ModeIPTables, config.ModeIPSet:
 		return iptables.New(iptablesConfig(cfg, log))
+	case config.ModeNFTables:
+		return nftables.New(nftablesConfig(cfg, log))
 	}
 	return nil, fmt.Errorf("mode %q: %w", cfg.Mode, config.ErrUnsupportedMode)
 }
@@ -38,6 +41,22 @@ func iptablesConfig(cfg *config.Config, log *slog.Logger) iptables.Config {
 		DenyLog:         cfg.DenyLog,
 		DenyLogPrefix:   cfg.DenyLogPrefix,
 		RuleComments:    cfg.IPTablesAddRuleComments,
+		Logger:          log,
+	}
+}
+
+func nftablesConfig(cfg *config.Config, log *slog.Logger) nftables.Config {
+	fam := func(f config.NFTablesFamily, set string) nftables.Family {
+		return nftables.Family{Enabled: f.Enabled, SetOnly: f.SetOnly, Table: f.Table, Chain: f.Chain, Priority: f.Priority, SetName: set}
+	}
+	return nftables.Config{
+		IPv4:            fam(cfg.NFTables.IPv4, cfg.BlacklistsIPv4),
+		IPv6:            fam(cfg.NFTables.IPv6, cfg.BlacklistsIPv6),
+		Hooks:           cfg.NFTablesHooks,
+		DenyAction:      cfg.DenyAction,
+		DenyLog:         cfg.DenyLog,
+		DenyLogPrefix:   cfg.DenyLogPrefix,
+		DisableTimeouts: cfg.IPSetDisableTimeouts,
 		Logger:          log,
 	}
 }
