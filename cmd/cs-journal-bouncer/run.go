@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -141,6 +142,10 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		log.Warn("systemd notify failed", "err", err)
 	}
 
+	// Resolved after the journal is enforced (DNS may be slow or down) and
+	// before anything pulls.
+	p.norm.Protected = lapiPrefixes(ctx, cfg.APIURL, log)
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return enf.Run(gctx) })
 	g.Go(func() error { return p.run(gctx) })
@@ -200,6 +205,22 @@ func backendConfig(cfg *config.Config, log *slog.Logger) iptables.Config {
 		RuleComments:    cfg.IPTablesAddRuleComments,
 		Logger:          log,
 	}
+}
+
+// lapiResolveTimeout bounds the look-up of LAPI's host name at start-up.
+const lapiResolveTimeout = 5 * time.Second
+
+// lapiPrefixes returns LAPI's addresses, which no ban may cover (loopback
+// is always protected). A failed look-up is not fatal: the bouncer must
+// enforce its journal whatever DNS does.
+func lapiPrefixes(ctx context.Context, apiURL string, log *slog.Logger) []netip.Prefix {
+	ctx, cancel := context.WithTimeout(ctx, lapiResolveTimeout)
+	defer cancel()
+	ps, err := lapi.LAPIPrefixes(ctx, apiURL, net.DefaultResolver)
+	if err != nil {
+		log.Warn("cannot resolve LAPI's address: only loopback is protected from bans", "err", err)
+	}
+	return ps
 }
 
 func toSet(xs []string) map[string]bool {
