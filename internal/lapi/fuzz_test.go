@@ -25,6 +25,9 @@ func FuzzNormalize(f *testing.F) {
 		`{"new":[{"duration":"1h","origin":"o","scenario":"s","scope":"Range","type":"ban","value":"::ffff:0.0.0.0/96"}]}`,
 		`{"new":[{"duration":"9999999999h","origin":"o","scenario":"s","scope":"Ip","type":"ban","value":"fe80::1%eth0"}]}`,
 		`{"new":[{"duration":"1ns","origin":"o","scenario":"s","scope":"Ip","type":"simulation:ban","value":"192.0.2.1","simulated":true}]}`,
+		`{"new":[{"duration":"1h","origin":"o","scenario":"s","scope":"Range","type":"BAN","value":"0.0.0.0/1"},
+		  {"duration":"1h","origin":"o","scenario":"s","scope":"ip","type":"Ban","value":"::ffff:127.0.0.1"},
+		  {"duration":"1h","origin":"o","scenario":"s","scope":"range","type":"ban","value":"::/100"}]}`,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s), false)
@@ -50,6 +53,11 @@ func FuzzNormalize(f *testing.F) {
 			}
 			if noV6 && d.Prefix.Addr().Is6() {
 				t.Fatalf("kept v6 %+v with IPv6 disabled", d)
+			}
+			for _, q := range loopback {
+				if d.Prefix.Overlaps(q) {
+					t.Fatalf("kept %+v, which covers loopback %s", d, q)
+				}
 			}
 		}
 		for _, k := range b.Deleted {

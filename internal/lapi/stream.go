@@ -383,6 +383,9 @@ func (n *normalizer) scanElement(w *window, e *element) error {
 		if st != scanOK {
 			return w.syntaxError(w.pos + k)
 		}
+		if k > maxElement {
+			return n.rejectOversized(w, k)
+		}
 		if err := e.decodeSlow(w.buf[w.pos : w.pos+k]); err != nil {
 			// what decoded before the bad field names it in the log
 			w.pos += k
@@ -390,12 +393,24 @@ func (n *normalizer) scanElement(w *window, e *element) error {
 			return nil
 		}
 	}
+	if k > maxElement {
+		return n.rejectOversized(w, k)
+	}
 	w.pos += k
 	if e.null {
 		n.add(nil)
 	} else {
 		n.add(&e.w.fields)
 	}
+	return nil
+}
+
+// rejectOversized rejects the element of length k at the window's position,
+// which the window came to hold whole although it outgrew maxElement, so
+// that the limit does not depend on how the window grew.
+func (n *normalizer) rejectOversized(w *window, k int) error {
+	w.pos += k
+	n.reject(nil, ReasonOversized)
 	return nil
 }
 
