@@ -47,10 +47,11 @@ type ClientConfig struct {
 // caller, against a LAPI that trickles bytes forever.
 const DefaultIdleTimeout = 20 * time.Second
 
-// DefaultMaxResponseBytes bounds a stream response: 1 GiB. A decision takes
-// 150–200 bytes on the wire, so 1M decisions are ≈200 MB and the limit
-// leaves room for ≈5M, far beyond what an ipset holds (ipset_size defaults
-// to 131072), while an endless body cannot exhaust memory or disk.
+// DefaultMaxResponseBytes bounds a stream response: 1 GiB. A blocklist
+// decision takes ≈148 bytes on the wire (1M of them: 148 MB; cscli and
+// crowdsec ones, with longer scenarios, up to ≈200), so the limit leaves
+// room for 5M or more, far beyond what an ipset holds (ipset_size defaults
+// to 131072), while an endless body cannot exhaust memory.
 const DefaultMaxResponseBytes = 1 << 30
 
 // Client pulls the decisions stream. It keeps no stream state of its own:
