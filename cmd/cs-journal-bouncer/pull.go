@@ -72,7 +72,7 @@ func (p *puller) run(ctx context.Context) error {
 			if first && !p.retryBoot && p.emptyAtBoot {
 				return fmt.Errorf("%w: %w", errNoLAPIAtBoot, err)
 			}
-			p.log.Warn("LAPI unreachable, enforcing from the journal", "err", err, "retry_in", backoff)
+			p.log.Warn(pullFailure(err, "LAPI unreachable, enforcing from the journal"), "err", err, "retry_in", backoff)
 			first = false
 			if err := sleep(ctx, backoff); err != nil {
 				return err
@@ -97,7 +97,7 @@ func (p *puller) run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			p.log.Warn("LAPI pull failed, enforcing from the journal", "full", full, "err", err)
+			p.log.Warn(pullFailure(err, "LAPI pull failed, enforcing from the journal"), "full", full, "err", err)
 			needFull = true
 			continue
 		}
@@ -145,6 +145,9 @@ func (p *puller) batchWithin(ctx context.Context, full bool, timeout time.Durati
 	defer cancel()
 	// Decoded as it streams in: 100k decisions never exist as API models.
 	b, rejected, _, err := p.client.PullBatch(ctx, full, p.norm, time.Now)
+	if errors.Is(err, lapi.ErrTimeout) {
+		p.log.Warn("LAPI pull timed out", "full", full, "limit", timeout, "err", err)
+	}
 	if err != nil {
 		return journal.Batch{}, err
 	}
@@ -158,6 +161,19 @@ func (p *puller) batchWithin(ctx context.Context, full bool, timeout time.Durati
 // fullBatch is the heal ladder's resync: LAPI's whole active set.
 func (p *puller) fullBatch(ctx context.Context) (journal.Batch, error) {
 	return p.batchWithin(ctx, true, resyncTimeout)
+}
+
+// pullFailure is the log message for a failed pull: a refused key is the
+// operator's to fix and a malformed answer is LAPI's bug, neither is LAPI
+// being unreachable.
+func pullFailure(err error, otherwise string) string {
+	switch {
+	case errors.Is(err, lapi.ErrUnauthorized):
+		return "LAPI rejected our API key, enforcing from the journal"
+	case errors.Is(err, lapi.ErrMalformedResponse):
+		return "LAPI answer not trusted, enforcing from the journal"
+	}
+	return otherwise
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -140,6 +141,10 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		log.Warn("systemd notify failed", "err", err)
 	}
 
+	// Resolved after the journal is enforced (DNS may be slow or down) and
+	// before anything pulls.
+	p.norm.Protected = lapiPrefixes(ctx, cfg.APIURL, log)
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return enf.Run(gctx) })
 	g.Go(func() error { return p.run(gctx) })
@@ -178,6 +183,22 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		err = nil // the cancellation we asked for is not a failure; Close's errors are
 	}
 	return errors.Join(err, cerr)
+}
+
+// lapiResolveTimeout bounds the look-up of LAPI's host name at start-up.
+const lapiResolveTimeout = 5 * time.Second
+
+// lapiPrefixes returns LAPI's addresses, which no ban may cover (loopback
+// is always protected). A failed look-up is not fatal: the bouncer must
+// enforce its journal whatever DNS does.
+func lapiPrefixes(ctx context.Context, apiURL string, log *slog.Logger) []netip.Prefix {
+	ctx, cancel := context.WithTimeout(ctx, lapiResolveTimeout)
+	defer cancel()
+	ps, err := lapi.LAPIPrefixes(ctx, apiURL, net.DefaultResolver)
+	if err != nil {
+		log.Warn("cannot resolve LAPI's address: only loopback is protected from bans", "err", err)
+	}
+	return ps
 }
 
 func toSet(xs []string) map[string]bool {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"sort"
@@ -89,11 +90,20 @@ func Load(path string, lookupEnv func(string) (string, bool)) (*Result, error) {
 	return res, nil
 }
 
+// MaxFileBytes bounds each configuration file (and its .local overlay):
+// 1 MiB. A real one is a few KiB; the bound keeps a wrong path (a log, a
+// device, a FIFO that never ends) from being read into memory whole.
+const MaxFileBytes = 1 << 20
+
+// ErrTooLarge is returned (wrapped, naming the file) when a configuration
+// file is larger than MaxFileBytes.
+var ErrTooLarge = errors.New("config file larger than 1 MiB")
+
 // readLayer reads, expands and parses one file.
 func readLayer(path string, lookupEnv func(string) (string, bool)) (*layer, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := readBounded(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+		return nil, err
 	}
 	text, unset := expand(string(raw), lookupEnv)
 	// viper only picks a parser from the file extension, which a .local
@@ -104,6 +114,23 @@ func readLayer(path string, lookupEnv func(string) (string, bool)) (*layer, erro
 		return nil, fmt.Errorf("parse config %s: %w", path, err)
 	}
 	return &layer{path: path, settings: v.AllSettings(), keys: v.AllKeys(), unset: unset}, nil
+}
+
+// readBounded reads path, failing with ErrTooLarge past MaxFileBytes.
+func readBounded(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read config %s: %w", path, err)
+	}
+	if len(raw) > MaxFileBytes {
+		return nil, fmt.Errorf("read config %s: %w (%d bytes)", path, ErrTooLarge, MaxFileBytes)
+	}
+	return raw, nil
 }
 
 // expand replaces ${NAME} and $NAME by their values, with upstream's

@@ -281,3 +281,34 @@ func TestExpand(t *testing.T) {
 		}
 	}
 }
+
+// TestFileSizeBound: a file (or its overlay) over MaxFileBytes is refused
+// with ErrTooLarge naming it; one at the limit loads.
+func TestFileSizeBound(t *testing.T) {
+	pad := func(n int) string { // a YAML comment filling the file to n bytes
+		return minimal + "#" + strings.Repeat("x", n-len(minimal)-2) + "\n"
+	}
+	tests := []struct {
+		name, main, local string
+		tooLarge          string // "" or the file named in the error
+	}{
+		{name: "at the limit", main: pad(MaxFileBytes)},
+		{name: "main over", main: pad(MaxFileBytes + 1), tooLarge: "bouncer.yaml"},
+		{name: "local over", main: minimal, local: pad(MaxFileBytes + 1), tooLarge: "bouncer.yaml.local"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeConfig(t, tc.main, tc.local)
+			res, err := Load(path, env())
+			if tc.tooLarge == "" {
+				if err != nil || res.Config == nil {
+					t.Fatalf("Load: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), tc.tooLarge+":") || !strings.Contains(err.Error(), "1 MiB") {
+				t.Fatalf("err = %v, want ErrTooLarge naming %s and the limit", err, tc.tooLarge)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"github.com/crowdsecurity/crowdsec/pkg/apiclient"
 	"github.com/crowdsecurity/crowdsec/pkg/models"
@@ -31,14 +32,36 @@ type ClientConfig struct {
 	// scopes to ip,range).
 	Scopes, Origins                             []string
 	ScenariosContaining, ScenariosNotContaining []string
+	// IdleTimeout fails a PullBatch when LAPI sends nothing (headers or
+	// body bytes) for that long; 0 means DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxResponseBytes fails a PullBatch whose body grows past it; 0 means
+	// DefaultMaxResponseBytes.
+	MaxResponseBytes int64
 }
+
+// DefaultIdleTimeout is how long a pull waits for the next bytes from LAPI.
+// LAPI starts answering a 100k startup pull within a fraction of a second
+// and streams it without pauses, so 20 s of silence is a stalled LAPI (or
+// network), not a slow one. The whole pull has its own deadline, set by the
+// caller, against a LAPI that trickles bytes forever.
+const DefaultIdleTimeout = 20 * time.Second
+
+// DefaultMaxResponseBytes bounds a stream response: 1 GiB. A blocklist
+// decision takes ≈148 bytes on the wire (1M of them: 148 MB; cscli and
+// crowdsec ones, with longer scenarios, up to ≈200), so the limit leaves
+// room for 5M or more, far beyond what an ipset holds (ipset_size defaults
+// to 131072), while an endless body cannot exhaust memory.
+const DefaultMaxResponseBytes = 1 << 30
 
 // Client pulls the decisions stream. It keeps no stream state of its own:
 // LAPI tracks the last pull per bouncer key, and the caller says when it
 // wants the full set (startup=true).
 type Client struct {
-	api  *apiclient.ApiClient
-	opts apiclient.DecisionsStreamOpts
+	api     *apiclient.ApiClient
+	opts    apiclient.DecisionsStreamOpts
+	idle    time.Duration
+	maxBody int64
 
 	requests atomic.Uint64
 	failures atomic.Uint64
@@ -78,13 +101,24 @@ func NewClient(cfg ClientConfig, logger *slog.Logger) (*Client, error) {
 	if err := sb.Init(); err != nil {
 		return nil, fmt.Errorf("lapi client for %s: %w", cfg.APIURL, err)
 	}
-	return &Client{api: sb.APIClient, opts: sb.Opts}, nil
+	c := &Client{api: sb.APIClient, opts: sb.Opts, idle: cfg.IdleTimeout, maxBody: cfg.MaxResponseBytes}
+	if c.idle <= 0 {
+		c.idle = DefaultIdleTimeout
+	}
+	if c.maxBody <= 0 {
+		c.maxBody = DefaultMaxResponseBytes
+	}
+	return c, nil
 }
 
 // Pull fetches one stream response: with startup=true LAPI's whole active set
 // (and the deleted decisions it still stores), otherwise what changed since
 // this key's previous pull. A pull that fails because ctx ended is not
 // counted as a LAPI failure: that is our shutdown, not LAPI's health.
+//
+// Pull decodes into LAPI's model and checks nothing of the response's
+// shape (an empty body is an empty response); the daemon pulls with
+// PullBatch, which does.
 func (c *Client) Pull(ctx context.Context, startup bool) (*models.DecisionsStreamResponse, error) {
 	opts := c.opts // a copy: concurrent pulls must not race on Startup
 	opts.Startup = startup

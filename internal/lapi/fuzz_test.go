@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
 	"reflect"
-	"strings"
 	"testing"
 
 	"github.com/crowdsecurity/crowdsec/pkg/models"
@@ -27,6 +25,9 @@ func FuzzNormalize(f *testing.F) {
 		`{"new":[{"duration":"1h","origin":"o","scenario":"s","scope":"Range","type":"ban","value":"::ffff:0.0.0.0/96"}]}`,
 		`{"new":[{"duration":"9999999999h","origin":"o","scenario":"s","scope":"Ip","type":"ban","value":"fe80::1%eth0"}]}`,
 		`{"new":[{"duration":"1ns","origin":"o","scenario":"s","scope":"Ip","type":"simulation:ban","value":"192.0.2.1","simulated":true}]}`,
+		`{"new":[{"duration":"1h","origin":"o","scenario":"s","scope":"Range","type":"BAN","value":"0.0.0.0/1"},
+		  {"duration":"1h","origin":"o","scenario":"s","scope":"ip","type":"Ban","value":"::ffff:127.0.0.1"},
+		  {"duration":"1h","origin":"o","scenario":"s","scope":"range","type":"ban","value":"::/100"}]}`,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s), false)
@@ -52,6 +53,11 @@ func FuzzNormalize(f *testing.F) {
 			}
 			if noV6 && d.Prefix.Addr().Is6() {
 				t.Fatalf("kept v6 %+v with IPv6 disabled", d)
+			}
+			for _, q := range loopback {
+				if d.Prefix.Overlaps(q) {
+					t.Fatalf("kept %+v, which covers loopback %s", d, q)
+				}
 			}
 		}
 		for _, k := range b.Deleted {
@@ -118,65 +124,40 @@ func FuzzParseFast(f *testing.F) {
 	})
 }
 
-// FuzzDecodeStream checks the whole streaming decoder against what Pull does
-// (json.Decoder.Decode into the model, an empty body being no error) followed
-// by NormalizeWithStats: same error-ness, and on success the same batch,
-// rejections and counters.
+// FuzzDecodeStream checks the whole streaming decoder, with the check that
+// both lists are there, against the reference (refDecode): same error-ness,
+// and on success the same batch, rejections and counters. A body the
+// reference decodes without both lists must fail as ErrMalformedResponse.
 func FuzzDecodeStream(f *testing.F) {
 	f.Add([]byte(streamFixture))
 	f.Add([]byte(`{"deleted":null,"new":null}`))
-	f.Add([]byte(`{"new":[{"duration":"1h","origin":"o","scenario":"x","scope":"Ip","type":"ban","value":"192.0.2.1"},null],"x":[{}]}`))
-	f.Add([]byte(``))
+	f.Add([]byte(`{"new":[{"duration":"1h","origin":"o","scenario":"x","scope":"Ip","type":"ban","value":"192.0.2.1"},null],"x":[{}],"deleted":[]}`))
+	f.Add([]byte(`{"new":[{"id":"forty","duration":"1h","origin":"o","scenario":"x","scope":"Ip","type":"ban","value":"192.0.2.1"},1,"x",[],{"value":5}],"deleted":null}`))
+	f.Add([]byte(`{"new":[{"duration":"1h","origin":"o","scenario":"x","scope":"Range","type":"BAN","value":"127.0.0.0/7"}],"deleted":[{"scope":"ip","type":"ban","value":"::1"}]}`))
+	f.Add([]byte(`{"new":[],"new":null,"deleted":[null],"NEW":[{}]}`))
+	for _, s := range []string{``, ` `, `null`, `{}`, `{"new":null}`, `{"deleted":null}`, `[]`, `"x"`} {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if repeatsList(data) {
-			return // the one documented divergence (encoding/json merges)
-		}
-		var resp models.DecisionsStreamResponse
-		werr := json.NewDecoder(bytes.NewReader(data)).Decode(&resp)
-		if errors.Is(werr, io.EOF) {
-			werr = nil
-		}
+		want := refDecode(data, NormalizeOptions{}, testNow)
 		n := newNormalizer(NormalizeOptions{})
 		n.now = testNow
 		gerr := n.decodeStream(bytes.NewReader(data))
-		if (werr != nil) != (gerr != nil) {
-			t.Fatalf("%q: model decode err %v, stream err %v", data, werr, gerr)
-		}
-		if werr != nil {
+		if want.err == nil && !want.complete {
+			if !errors.Is(gerr, ErrMalformedResponse) {
+				t.Fatalf("%q: no new/deleted list, stream err %v", data, gerr)
+			}
 			return
 		}
-		want, wantRej, wantStats := NormalizeWithStats(&resp, NormalizeOptions{}, testNow)
+		if (want.err != nil) != (gerr != nil) {
+			t.Fatalf("%q: reference err %v, stream err %v", data, want.err, gerr)
+		}
+		if want.err != nil {
+			return
+		}
 		got, gotRej, gotStats := n.result()
-		if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotRej, wantRej) || gotStats != wantStats {
-			t.Fatalf("%q:\nstream %+v %+v %+v\nmodel  %+v %+v %+v", data, got, gotRej, gotStats, want, wantRej, wantStats)
+		if !reflect.DeepEqual(got, want.batch) || !reflect.DeepEqual(gotRej, want.rej) || gotStats != want.stats {
+			t.Fatalf("%q:\nstream    %+v %+v %+v\nreference %+v %+v %+v", data, got, gotRej, gotStats, want.batch, want.rej, want.stats)
 		}
 	})
-}
-
-// repeatsList reports whether the top-level object has "new" or "deleted"
-// (case-folded) more than once.
-func repeatsList(data []byte) bool {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return false
-	}
-	seen := map[string]int{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return false
-		}
-		k, _ := tok.(string)
-		switch {
-		case strings.EqualFold(k, "new"):
-			seen["new"]++
-		case strings.EqualFold(k, "deleted"):
-			seen["deleted"]++
-		}
-		var skip json.RawMessage
-		if dec.Decode(&skip) != nil {
-			return false
-		}
-	}
-	return seen["new"] > 1 || seen["deleted"] > 1
 }

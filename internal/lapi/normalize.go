@@ -17,21 +17,32 @@ import (
 // Rejection reasons. They are short and stable so they can label metrics;
 // the rejected decision's fields carry the detail for logs.
 const (
-	ReasonNil            = "nil decision"
-	ReasonMissingValue   = "missing value"
-	ReasonMissingScope   = "missing scope"
-	ReasonMissingType    = "missing type"
-	ReasonMissingOrigin  = "missing origin"
-	ReasonMissingScen    = "missing scenario"
-	ReasonMissingDur     = "missing duration"
-	ReasonBadScope       = "unsupported scope"
-	ReasonBadIP          = "bad ip"
-	ReasonBadRange       = "bad range"
-	ReasonTooWide        = "range too wide"
-	ReasonBadDuration    = "bad duration"
-	ReasonExpired        = "already expired"
-	ReasonIPv4Disabled   = "ipv4 disabled"
-	ReasonIPv6Disabled   = "ipv6 disabled"
+	ReasonNil           = "nil decision"
+	ReasonMissingValue  = "missing value"
+	ReasonMissingScope  = "missing scope"
+	ReasonMissingType   = "missing type"
+	ReasonMissingOrigin = "missing origin"
+	ReasonMissingScen   = "missing scenario"
+	ReasonMissingDur    = "missing duration"
+	ReasonBadScope      = "unsupported scope"
+	ReasonBadIP         = "bad ip"
+	ReasonBadRange      = "bad range"
+	ReasonTooWide       = "range too wide"
+	ReasonBadDuration   = "bad duration"
+	ReasonExpired       = "already expired"
+	ReasonIPv4Disabled  = "ipv4 disabled"
+	ReasonIPv6Disabled  = "ipv6 disabled"
+	// ReasonMalformed: the element is valid JSON but not a decision (not
+	// an object, or a field of the wrong type, such as "id":"forty").
+	ReasonMalformed = "malformed decision"
+	// ReasonOversized: the element is larger than 1 MiB.
+	ReasonOversized = "oversized decision"
+	// ReasonTooLong: a string field is longer than maxFieldLen.
+	ReasonTooLong = "field too long"
+	// ReasonProtected: the ban covers loopback or LAPI's own address, which
+	// would cut us off from LAPI for good (its delete could never arrive,
+	// and the journal would restore the ban before LAPI is contacted).
+	ReasonProtected      = "protected address"
 	simulationTypePrefix = "simulation:"
 )
 
@@ -44,6 +55,26 @@ type NormalizeOptions struct {
 	Types map[string]bool
 	// DisableIPv4 and DisableIPv6 reject new decisions of that family.
 	DisableIPv4, DisableIPv6 bool
+	// Protected are addresses no ban may cover, in addition to loopback
+	// (127.0.0.0/8, ::1), which is always protected: LAPI's addresses
+	// (LAPIPrefixes). A new decision whose prefix overlaps one of them is
+	// rejected with ReasonProtected.
+	Protected []netip.Prefix
+}
+
+// maxFieldLen bounds each string field of a decision. LAPI's are short (an
+// address, a scenario name, "manual 'ban' from '<machine id>'"); a longer
+// one is not a decision we understand, and origin and scenario would be
+// stored in the journal.
+const maxFieldLen = 1024
+
+// loopback is protected whatever the configuration: a ban on it cuts a
+// local LAPI off and breaks the host. The v4-mapped form is listed for
+// v6 ranges that are kept as v6 (shorter than /96).
+var loopback = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("::ffff:127.0.0.0/104"),
 }
 
 // Rejection is one decision that could not be normalized, with the raw
@@ -143,9 +174,10 @@ func optString(p *string) jsonString {
 // blocklist sends 100k decisions with the same origin and scenario: keep one
 // copy).
 type normalizer struct {
-	opts NormalizeOptions
-	now  time.Time
-	strs map[string]string
+	opts      NormalizeOptions
+	now       time.Time
+	strs      map[string]string
+	protected []netip.Prefix // loopback and opts.Protected
 
 	// Each list keeps its own rejections and counters so that the result
 	// does not depend on the order of the keys in the response (Normalize
@@ -164,9 +196,18 @@ type listResult struct {
 
 func newNormalizer(opts NormalizeOptions) *normalizer {
 	n := &normalizer{opts: opts, strs: make(map[string]string)}
-	if len(opts.Types) == 0 {
-		n.opts.Types = map[string]bool{"ban": true}
+	// Types match case-insensitively, as upstream lower-cases a decision's
+	// type before looking it up.
+	n.opts.Types = map[string]bool{}
+	for t, ok := range opts.Types {
+		if ok {
+			n.opts.Types[strings.ToLower(t)] = true
+		}
 	}
+	if len(n.opts.Types) == 0 {
+		n.opts.Types["ban"] = true
+	}
+	n.protected = append(append(n.protected, loopback...), opts.Protected...)
 	return n
 }
 
@@ -233,11 +274,42 @@ func (n *normalizer) result() (journal.Batch, []Rejection, Stats) {
 	rej := append(n.lists[0].rej, n.lists[1].rej...)
 	s0, s1 := n.lists[0].stats, n.lists[1].stats
 	b := journal.Batch{New: n.news.slice(), Deleted: n.dels.slice()}
+	b.Deleted = deletedBeforeNew(b.New, b.Deleted)
 	return b, rej, Stats{
 		SkippedSimulated: s0.SkippedSimulated + s1.SkippedSimulated,
 		SkippedType:      s0.SkippedType + s1.SkippedType,
 		SkippedFamily:    s0.SkippedFamily + s1.SkippedFamily,
 	}
+}
+
+// deletedBeforeNew drops from del the keys that new adds back: upstream
+// applies a delta's deleted list before its new list, so a decision in
+// both stays banned, while the journal applies a batch's New first.
+func deletedBeforeNew(news []journal.Decision, del []journal.Key) []journal.Key {
+	if len(news) == 0 || len(del) == 0 {
+		return del
+	}
+	dels := make(map[journal.Key]bool, len(del))
+	for _, k := range del {
+		dels[k] = false
+	}
+	readded := 0
+	for _, d := range news {
+		if seen, ok := dels[d.Key()]; ok && !seen {
+			dels[d.Key()] = true
+			readded++
+		}
+	}
+	if readded == 0 {
+		return del
+	}
+	out := make([]journal.Key, 0, len(del))
+	for _, k := range del {
+		if !dels[k] {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 func (n *normalizer) intern(s string) string {
@@ -260,12 +332,15 @@ func (n *normalizer) common(d *fields) (key journal.Key, reason string, keep boo
 		return key, ReasonMissingScope, false
 	case !d.Type.ok:
 		return key, ReasonMissingType, false
+	case tooLong(d):
+		return key, ReasonTooLong, false
 	}
-	if bool(d.Simulated) || strings.HasPrefix(d.Type.s, simulationTypePrefix) {
+	typ := strings.ToLower(d.Type.s) // no copy unless it has upper case
+	if bool(d.Simulated) || strings.HasPrefix(typ, simulationTypePrefix) {
 		n.list().stats.SkippedSimulated++
 		return key, "", false
 	}
-	if !n.opts.Types[d.Type.s] {
+	if !n.opts.Types[typ] {
 		n.list().stats.SkippedType++
 		return key, "", false
 	}
@@ -285,8 +360,28 @@ func (n *normalizer) common(d *fields) (key journal.Key, reason string, keep boo
 		return key, ReasonBadScope, false
 	}
 	key.Prefix = p
-	key.Type = n.intern(d.Type.s)
+	key.Type = n.intern(typ)
 	return key, "", true
+}
+
+func tooLong(d *fields) bool {
+	for _, s := range [...]*jsonString{&d.Value, &d.Scope, &d.Type, &d.Origin, &d.Scenario, &d.Duration} {
+		if len(s.s) > maxFieldLen {
+			return true
+		}
+	}
+	return false
+}
+
+// covers reports whether p overlaps a protected prefix: a range that holds
+// a protected address, or an address inside a protected range.
+func (n *normalizer) covers(p netip.Prefix) bool {
+	for _, q := range n.protected {
+		if p.Overlaps(q) {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *normalizer) newDecision(d *fields) (journal.Decision, string, bool) {
@@ -297,6 +392,9 @@ func (n *normalizer) newDecision(d *fields) (journal.Decision, string, bool) {
 	}
 	if reason := n.familyReason(key.Prefix); reason != "" {
 		return dec, reason, false
+	}
+	if n.covers(key.Prefix) {
+		return dec, ReasonProtected, false
 	}
 	switch {
 	case !d.Origin.ok || d.Origin.s == "":

@@ -17,14 +17,13 @@ package lapi
 // json.Unmarshal (after this validator has found its end).
 
 import (
-	"errors"
 	"fmt"
 	"io"
 )
 
 // errSyntax is returned (wrapped, with the offset) when the response is not
 // valid JSON, where encoding/json would return a *json.SyntaxError.
-var errSyntax = errors.New("decisions stream is not valid JSON")
+var errSyntax = fmt.Errorf("%w: not valid JSON", ErrMalformedResponse)
 
 // maxDepth is encoding/json's nesting limit, counted as the model decoder
 // counts it: from the top-level object, which is depth 1.
@@ -90,6 +89,25 @@ func (w *window) more(had int) bool {
 		}
 	}
 	return len(w.buf) > had
+}
+
+// discard drops the whole window and reads the next bytes into it, for a
+// value that is skipped without being held. It returns false when the
+// reader has nothing more.
+func (w *window) discard() bool {
+	w.off += int64(len(w.buf))
+	w.buf, w.pos = w.buf[:0], 0
+	for w.err == nil {
+		k, err := w.r.Read(w.buf[:cap(w.buf)])
+		w.buf = w.buf[:k]
+		if err != nil {
+			w.err = err
+		}
+		if k > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // truncated is the error for a body that ends inside a value.

@@ -16,8 +16,8 @@ import (
 )
 
 // errNotObject is returned (wrapped) when the stream response is valid JSON
-// but not an object, which the model decoder rejects too.
-var errNotObject = errors.New("decisions stream response is not a JSON object")
+// but not an object.
+var errNotObject = fmt.Errorf("%w: not a JSON object", ErrMalformedResponse)
 
 // errAbandoned stops apiclient's body copy when PullBatch no longer reads it.
 var errAbandoned = errors.New("decisions stream abandoned by the decoder")
@@ -29,12 +29,21 @@ const maxTrailing = 64 << 10
 // PullBatch is Pull followed by NormalizeWithStats, without the model: it
 // decodes the response as it streams in and normalizes each decision at
 // once, so a 100k-decision startup response never exists as 100k
-// *models.Decision. The result is what Pull+NormalizeWithStats would give,
-// with Batch.Full set to startup. Until is measured from now(), called once
-// when the first bytes of the body arrive (nil means time.Now). Any transport,
-// HTTP status or JSON error fails the whole pull: a truncated body must not
-// look like a smaller active set. Requests and failures are counted as Pull
-// counts them.
+// *models.Decision. Batch.Full is set to startup. Until is measured from
+// now(), called once when the first bytes of the body arrive (nil means
+// time.Now).
+//
+// Only a well-formed stream object is trusted: an answer without both
+// "new" and "deleted" fails the pull (ErrMalformedResponse), as do
+// transport and HTTP status errors (ErrUnauthorized for 401/403), invalid
+// or truncated JSON, a body over the size limit (ErrTooLarge) and a LAPI
+// silent past the idle limit or ctx's deadline (ErrTimeout): none of them
+// may look like a smaller active set. A single decision that does not
+// decode (a field of the wrong type, not an object, oversized) is rejected
+// alone (ReasonMalformed, ReasonOversized), like any other bad decision;
+// for every decision that decodes the result is what Pull+NormalizeWithStats
+// gives. Requests and failures are counted as Pull counts them, with a
+// timeout counted as a failure.
 func (c *Client) PullBatch(ctx context.Context, startup bool, opts NormalizeOptions, now func() time.Time) (journal.Batch, []Rejection, Stats, error) {
 	if now == nil {
 		now = time.Now
@@ -42,8 +51,11 @@ func (c *Client) PullBatch(ctx context.Context, startup bool, opts NormalizeOpti
 	c.requests.Add(1)
 	b, rej, stats, err := c.pullBatch(ctx, startup, opts, now)
 	if err != nil {
-		if ctx.Err() == nil {
+		if !errors.Is(ctx.Err(), context.Canceled) {
 			c.failures.Add(1)
+		}
+		if ctx.Err() == context.DeadlineExceeded && !errors.Is(err, ErrTimeout) {
+			err = fmt.Errorf("%w: deadline passed: %w", ErrTimeout, err)
 		}
 		return journal.Batch{}, nil, Stats{}, fmt.Errorf("pull decisions stream (startup=%v): %w", startup, err)
 	}
@@ -58,9 +70,13 @@ func (c *Client) pullBatch(ctx context.Context, startup bool, opts NormalizeOpti
 		return journal.Batch{}, nil, Stats{}, errors.New("streaming decode supports LAPI v1 only")
 	}
 	// Our own cancel stops a Do that is blocked reading the body when the
-	// decoder gives up, so that no goroutine outlives the call.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// decoder gives up or LAPI goes silent, so that no goroutine outlives
+	// the call.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stalled := fmt.Errorf("%w: nothing received from LAPI for %v", ErrTimeout, c.idle)
+	idle := time.AfterFunc(c.idle, func() { cancel(stalled) })
+	defer idle.Stop()
 	req, err := c.api.PrepareRequest(ctx, http.MethodGet, c.streamURL(startup), nil)
 	if err != nil {
 		return journal.Batch{}, nil, Stats{}, fmt.Errorf("prepare request: %w", err)
@@ -71,13 +87,16 @@ func (c *Client) pullBatch(ctx context.Context, startup bool, opts NormalizeOpti
 	go func() {
 		// Do runs CheckResponse before copying: an HTTP error closes the
 		// pipe with that error before any byte, and the decoder reports it.
-		_, err := c.api.Do(ctx, req, pw)
+		resp, err := c.api.Do(ctx, req, pw)
+		if err != nil && resp != nil && resp.Response != nil {
+			err = statusError(resp.Response.StatusCode, err)
+		}
 		pw.CloseWithError(err) // nil: a clean EOF
 		done <- err
 	}()
 
 	n := newNormalizer(opts)
-	src := &clockReader{r: pr, now: now, n: n}
+	src := &clockReader{r: pr, now: now, n: n, idle: idle, idleFor: c.idle, limit: c.maxBody}
 	err = n.decodeStream(src)
 	if err == nil {
 		// Let the rest of the body through so Do returns with the body
@@ -85,14 +104,17 @@ func (c *Client) pullBatch(ctx context.Context, startup bool, opts NormalizeOpti
 		// (Pull ignores what follows the object too).
 		_, _ = io.Copy(io.Discard, io.LimitReader(pr, maxTrailing))
 	} else {
-		cancel()
+		cancel(nil)
 	}
 	pr.CloseWithError(errAbandoned)
 	<-done
+	if cause := context.Cause(ctx); err != nil && cause == stalled {
+		return journal.Batch{}, nil, Stats{}, stalled
+	}
 	if err != nil {
 		if src.err != nil {
-			// Do failed (status, transport, truncation): its error, as
-			// Pull would return it, is the cause.
+			// Do failed (status, transport, truncation) or the body is
+			// too large: that error, as Pull would return it, is the cause.
 			return journal.Batch{}, nil, Stats{}, src.err
 		}
 		return journal.Batch{}, nil, Stats{}, fmt.Errorf("decode decisions stream: %w", err)
@@ -130,22 +152,34 @@ func (c *Client) streamURL(startup bool) string {
 	return c.api.URLPrefix + "/decisions/stream?" + q.Encode()
 }
 
-// clockReader takes the receive time when the first body bytes arrive and
-// remembers a failure of the source (Do's error through the pipe), to tell
-// it from a JSON error.
+// clockReader takes the receive time when the first body bytes arrive,
+// pushes the idle deadline back on every read that brings bytes, enforces
+// the size limit, and remembers a failure of the source (Do's error
+// through the pipe) to tell it from a JSON error.
 type clockReader struct {
 	r       io.Reader
 	now     func() time.Time
 	n       *normalizer
+	idle    *time.Timer
+	idleFor time.Duration
+	limit   int64 // the most bytes the body may bring
+	read    int64
 	started bool
 	err     error
 }
 
 func (c *clockReader) Read(p []byte) (int, error) {
 	k, err := c.r.Read(p)
-	if !c.started && k > 0 {
-		c.started = true
-		c.n.now = c.now()
+	if k > 0 {
+		c.idle.Reset(c.idleFor)
+		if !c.started {
+			c.started = true
+			c.n.now = c.now()
+		}
+		if c.read += int64(k); c.read > c.limit {
+			c.err = fmt.Errorf("%w: the body exceeds the limit of %d bytes (%d MiB)", ErrTooLarge, c.limit, c.limit>>20)
+			return 0, c.err
+		}
 	}
 	if err != nil && err != io.EOF {
 		c.err = err
@@ -157,54 +191,69 @@ func (c *clockReader) Read(p []byte) (int, error) {
 // a time, with encoding/json's rules for what json.Decode into
 // models.DecisionsStreamResponse accepts: keys match case-insensitively,
 // unknown keys are ignored (their values validated), null lists are empty, a
-// repeated key replaces the earlier list, an empty body or a top-level null
-// is an empty response, and nothing after the object is read. One quirk is
-// not copied: for a repeated key encoding/json merges the later list's
-// objects into the earlier list's, where PullBatch starts the list afresh
-// (LAPI never repeats a key).
+// repeated key replaces the earlier list, and nothing after the object is
+// read. Two departures, both on purpose: the response must be an object
+// with both "new" and "deleted" (an empty body, null or {} is
+// ErrMalformedResponse, where the model decoder sees an empty response),
+// and a list element that does not decode into a decision is rejected alone
+// where the model decoder fails the whole response. One quirk is not
+// copied: for a repeated key encoding/json merges the later list's objects
+// into the earlier list's, where PullBatch starts the list afresh (LAPI
+// never repeats a key).
 func (n *normalizer) decodeStream(r io.Reader) error {
+	complete, err := n.decodeObject(r)
+	if err != nil {
+		return err
+	}
+	if !complete {
+		return fmt.Errorf("%w: it lacks the \"new\" or \"deleted\" key", ErrMalformedResponse)
+	}
+	return nil
+}
+
+// decodeObject is decodeStream without the check that both lists were
+// there, which it reports in complete (false for a top-level null).
+func (n *normalizer) decodeObject(r io.Reader) (complete bool, err error) {
 	w := &window{r: r}
 	c, err := w.peek()
 	switch {
 	case err == io.EOF:
-		return nil
+		return false, fmt.Errorf("%w: empty body", ErrMalformedResponse)
 	case err != nil:
-		return err
+		return false, err
 	case c == 'n':
-		// a top-level null; encoding/json ignores what follows any
-		// top-level value
+		// a top-level null, which holds no list; encoding/json ignores
+		// what follows any top-level value
 		_, err := w.scan(scanNull, 0)
-		return err
+		return false, err
 	case c != '{':
 		if _, st := skipValue([]byte{c}, 0, 0); st == scanBad {
-			return w.syntaxError(w.pos)
+			return false, w.syntaxError(w.pos)
 		}
-		return fmt.Errorf("%w: starts with %q", errNotObject, c)
+		return false, fmt.Errorf("%w: starts with %q", errNotObject, c)
 	}
 	w.pos++
 	if c, err = w.peekIn(); err != nil {
-		return err
+		return false, err
 	}
-	if c == '}' {
-		w.pos++
-		return nil
-	}
-	for {
+	var seen [3]bool
+	for c != '}' { // c is '}' only for an empty object
 		k, err := w.scan(scanString, 0)
 		if err != nil {
-			return err
+			return false, err
 		}
 		// classified now: the window moves on the next read
 		key, err := keyKind(w.buf[w.pos : w.pos+k])
 		if err != nil {
-			return err
+			return false, err
 		}
+		seen[key] = true
 		w.pos += k
 		if err := w.expect(':'); err != nil {
-			return err
+			return false, err
 		}
 		if _, err = w.peekIn(); err != nil { // the value's first byte
-			return err
+			return false, err
 		}
 		switch key {
 		case keyNew:
@@ -216,13 +265,18 @@ func (n *normalizer) decodeStream(r io.Reader) error {
 			w.pos += k
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		// Nothing after the closing brace is read.
-		if done, err := w.afterMember('}'); err != nil || done {
-			return err
+		done, err := w.afterMember('}')
+		if err != nil {
+			return false, err
+		}
+		if done {
+			break
 		}
 	}
+	return seen[keyNew] && seen[keyDeleted], nil
 }
 
 // Top-level keys the decoder acts on.
@@ -273,7 +327,7 @@ func (n *normalizer) scanList(w *window, deleted bool) error {
 		if _, st := skipValue([]byte{c}, 0, 0); st == scanBad {
 			return w.syntaxError(w.pos)
 		}
-		return fmt.Errorf("decisions list is not an array: starts with %q", c)
+		return fmt.Errorf("%w: a decisions list is not an array: starts with %q", ErrMalformedResponse, c)
 	}
 	w.pos++
 	c, err := w.peekIn()
@@ -296,25 +350,51 @@ func (n *normalizer) scanList(w *window, deleted bool) error {
 	}
 }
 
+// maxElement bounds one list element in the window. LAPI's decisions are
+// 150–200 bytes; an element past 1 MiB is skipped without being held, and
+// rejected.
+const maxElement = 1 << 20
+
 // scanElement decodes the element at the window's position and adds it:
 // by hand when parseFast's shape allows, otherwise validated by skipValue
-// and decoded by encoding/json.
+// and decoded by encoding/json. An element that is valid JSON but not a
+// decision (a field of the wrong type, not an object) or that outgrows
+// maxElement is rejected alone; only invalid or truncated JSON fails.
 func (n *normalizer) scanElement(w *window, e *element) error {
 	k, st := e.scan(w.buf[w.pos:])
 	for st == scanMore {
+		if len(w.buf)-w.pos > maxElement {
+			return n.skipOversized(w)
+		}
 		if !w.more(len(w.buf) - w.pos) {
 			return w.truncated()
 		}
 		k, st = e.scan(w.buf[w.pos:])
 	}
 	if st != scanOK {
-		var err error
-		if k, err = w.scan(scanAnyValue, listDepth); err != nil {
-			return err
+		for k, st = skipValue(w.buf[w.pos:], 0, listDepth); st == scanMore; k, st = skipValue(w.buf[w.pos:], 0, listDepth) {
+			if len(w.buf)-w.pos > maxElement {
+				return n.skipOversized(w)
+			}
+			if !w.more(len(w.buf) - w.pos) {
+				return w.truncated()
+			}
+		}
+		if st != scanOK {
+			return w.syntaxError(w.pos + k)
+		}
+		if k > maxElement {
+			return n.rejectOversized(w, k)
 		}
 		if err := e.decodeSlow(w.buf[w.pos : w.pos+k]); err != nil {
-			return err
+			// what decoded before the bad field names it in the log
+			w.pos += k
+			n.reject(&e.w.fields, ReasonMalformed)
+			return nil
 		}
+	}
+	if k > maxElement {
+		return n.rejectOversized(w, k)
 	}
 	w.pos += k
 	if e.null {
@@ -323,6 +403,64 @@ func (n *normalizer) scanElement(w *window, e *element) error {
 		n.add(&e.w.fields)
 	}
 	return nil
+}
+
+// rejectOversized rejects the element of length k at the window's position,
+// which the window came to hold whole although it outgrew maxElement, so
+// that the limit does not depend on how the window grew.
+func (n *normalizer) rejectOversized(w *window, k int) error {
+	w.pos += k
+	n.reject(nil, ReasonOversized)
+	return nil
+}
+
+// skipOversized discards the element at the window's position, which has
+// outgrown maxElement, without holding it, and rejects it. Since the
+// element is rejected whatever it holds, only strings and nesting are
+// tracked to find its end; a body that ends inside it is a truncation.
+func (n *normalizer) skipOversized(w *window) error {
+	depth, inString, escaped := 0, false, false
+	for {
+		for ; w.pos < len(w.buf); w.pos++ {
+			c := w.buf[w.pos]
+			switch {
+			case inString:
+				switch {
+				case escaped:
+					escaped = false
+				case c == '\\':
+					escaped = true
+				case c == '"':
+					inString = false
+					if depth == 0 { // the element was a string
+						w.pos++
+						n.reject(nil, ReasonOversized)
+						return nil
+					}
+				}
+			case c == '"':
+				inString = true
+			case c == '{' || c == '[':
+				depth++
+			case c == '}' || c == ']':
+				if depth == 0 { // the list's end after a scalar element
+					n.reject(nil, ReasonOversized)
+					return nil
+				}
+				if depth--; depth == 0 {
+					w.pos++
+					n.reject(nil, ReasonOversized)
+					return nil
+				}
+			case depth == 0 && (c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r'):
+				n.reject(nil, ReasonOversized) // the end of a scalar element
+				return nil
+			}
+		}
+		if !w.discard() {
+			return w.truncated()
+		}
+	}
 }
 
 // wireDecision has every field of models.Decision, so that a value of the

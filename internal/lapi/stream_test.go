@@ -98,8 +98,13 @@ const streamFixture = `{"deleted":[
  null
 ]}`
 
-// TestPullBatchMatchesPull proves the streaming path gives exactly what
-// Pull+NormalizeWithStats gives, errors included, for the same bodies.
+// TestPullBatchMatchesPull proves the streaming path gives, for the same
+// bodies, what the reference gives (refDecode: encoding/json and the model,
+// each element on its own), errors included, and exactly what
+// Pull+NormalizeWithStats gives whenever every element decodes. It also
+// proves the departures from Pull: an answer without both lists is
+// ErrMalformedResponse, and an element that does not decode is rejected
+// alone.
 func TestPullBatchMatchesPull(t *testing.T) {
 	fake := &bodyLAPI{}
 	srv := httptest.NewServer(fake)
@@ -109,37 +114,50 @@ func TestPullBatchMatchesPull(t *testing.T) {
 		t.Fatal(err)
 	}
 	one := `{"duration":"1h","origin":"o","scenario":"x","scope":"Ip","type":"ban","value":"192.0.2.1"}`
+	two := strings.Replace(one, "192.0.2.1", "192.0.2.2", 1)
+	const (
+		ok        = ""
+		malformed = "malformed" // ErrMalformedResponse
+		failed    = "error"     // any other error
+	)
 	bodies := []struct {
 		name, body string
-		wantErr    bool
+		want       string
+		// malformedElems is how many elements are rejected alone where
+		// Pull fails the whole response.
+		malformedElems int
 	}{
 		{name: "fixture", body: streamFixture},
 		{name: "null lists", body: `{"deleted":null,"new":null}`},
 		{name: "empty lists", body: `{"deleted":[],"new":[]}`},
-		{name: "empty body", body: ``},
-		{name: "top-level null", body: `null`},
-		{name: "empty object", body: ` {} `},
-		// (encoding/json merges a repeated list's objects into the earlier
-		// list's, which PullBatch does not copy: null elements avoid that)
 		{name: "repeated key replaces", body: `{"new":[null,null],"deleted":[null],"new":[` + one + `],"deleted":null}`},
-		{name: "repeated key null", body: `{"new":[` + one + `],"new":null}`},
-		{name: "key case folds", body: `{"NEW":[` + one + `],"Deleted":[` + one + `]}`},
-		{name: "trailing garbage ignored", body: `{"new":[` + one + `]} ]]] not json`},
-		{name: "top-level array", body: `[]`, wantErr: true},
-		{name: "top-level string", body: `"new"`, wantErr: true},
-		{name: "list is an object", body: `{"new":{}}`, wantErr: true},
-		{name: "list is a number", body: `{"deleted":3}`, wantErr: true},
-		{name: "element is a number", body: `{"new":[1]}`, wantErr: true},
-		{name: "id not a number", body: `{"new":[{"id":"x"}]}`, wantErr: true},
-		{name: "value not a string", body: `{"new":[{"value":5}]}`, wantErr: true},
-		{name: "uuid not a string", body: `{"new":[{"uuid":{}}]}`, wantErr: true},
-		{name: "until not a string", body: `{"new":[{"until":true}]}`, wantErr: true},
-		{name: "simulated not a bool", body: `{"new":[{"simulated":"yes"}]}`, wantErr: true},
-		{name: "truncated in list", body: `{"new":[` + one, wantErr: true},
-		{name: "truncated after list", body: `{"new":[` + one + `]`, wantErr: true},
-		{name: "truncated in element", body: `{"new":[{"value":"192.0`, wantErr: true},
-		{name: "truncated after key", body: `{"new"`, wantErr: true},
-		{name: "syntax error", body: `{"new":[` + one + `,,]}`, wantErr: true},
+		{name: "repeated key null", body: `{"new":[` + one + `],"new":null,"deleted":null}`},
+		{name: "key case folds", body: `{"NEW":[` + one + `],"Deleted":[` + two + `]}`},
+		{name: "trailing garbage ignored", body: `{"new":[` + one + `],"deleted":null} ]]] not json`},
+		{name: "empty body", body: ``, want: malformed},
+		{name: "whitespace", body: " \n\t\r ", want: malformed},
+		{name: "top-level null", body: `null`, want: malformed},
+		{name: "empty object", body: ` {} `, want: malformed},
+		{name: "no deleted key", body: `{"new":[` + one + `]}`, want: malformed},
+		{name: "no new key", body: `{"deleted":null}`, want: malformed},
+		{name: "top-level array", body: `[]`, want: malformed},
+		{name: "top-level string", body: `"new"`, want: malformed},
+		{name: "list is an object", body: `{"new":{},"deleted":null}`, want: failed},
+		{name: "list is a number", body: `{"new":null,"deleted":3}`, want: failed},
+		{name: "element is a number", body: `{"new":[1,` + one + `],"deleted":null}`, malformedElems: 1},
+		{name: "element is a string", body: `{"new":["x",` + one + `],"deleted":null}`, malformedElems: 1},
+		{name: "element is an array", body: `{"new":[[` + one + `],` + one + `],"deleted":null}`, malformedElems: 1},
+		{name: "id not a number", body: `{"new":[{"id":"forty","value":"192.0.2.9"},` + one + `],"deleted":null}`, malformedElems: 1},
+		{name: "value not a string", body: `{"new":[{"value":5},` + one + `],"deleted":null}`, malformedElems: 1},
+		{name: "uuid not a string", body: `{"new":[{"uuid":{}},` + one + `],"deleted":null}`, malformedElems: 1},
+		{name: "until not a string", body: `{"new":[{"until":true},` + one + `],"deleted":null}`, malformedElems: 1},
+		{name: "simulated not a bool", body: `{"new":[{"simulated":"yes"},` + one + `],"deleted":null}`, malformedElems: 1},
+		{name: "bad deleted element", body: `{"new":[` + one + `],"deleted":[{"id":1.5,"value":"192.0.2.3"},` + two + `]}`, malformedElems: 1},
+		{name: "truncated in list", body: `{"new":[` + one, want: failed},
+		{name: "truncated after list", body: `{"new":[` + one + `]`, want: failed},
+		{name: "truncated in element", body: `{"new":[{"value":"192.0`, want: failed},
+		{name: "truncated after key", body: `{"new"`, want: failed},
+		{name: "syntax error", body: `{"new":[` + one + `,,],"deleted":null}`, want: failed},
 	}
 	options := map[string]NormalizeOptions{
 		"defaults":  {},
@@ -148,16 +166,21 @@ func TestPullBatchMatchesPull(t *testing.T) {
 		"ban+capt":  {Types: map[string]bool{"ban": true, "captcha": true}},
 		"only capt": {Types: map[string]bool{"captcha": true}},
 	}
-	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	now := testNow
 	for _, bc := range bodies {
 		for oname, opts := range options {
 			for _, startup := range []bool{true, false} {
 				t.Run(bc.name+"/"+oname+"/startup="+map[bool]string{true: "1", false: "0"}[startup], func(t *testing.T) {
 					fake.set(bc.body)
-					resp, perr := c.Pull(t.Context(), startup)
 					got, gotRej, gotStats, err := c.PullBatch(t.Context(), startup, opts, func() time.Time { return now })
-					if (perr != nil) != bc.wantErr || (err != nil) != bc.wantErr {
-						t.Fatalf("Pull err = %v, PullBatch err = %v, want errors: %v", perr, err, bc.wantErr)
+					switch {
+					case bc.want == ok && err != nil, bc.want != ok && err == nil,
+						bc.want == malformed && !errors.Is(err, ErrMalformedResponse):
+						t.Fatalf("PullBatch err = %v, want %q", err, bc.want)
+					}
+					ref := refDecode([]byte(bc.body), opts, now)
+					if (ref.err != nil || !ref.complete) != (err != nil) {
+						t.Fatalf("reference err %v complete %v, PullBatch err %v", ref.err, ref.complete, err)
 					}
 					if err != nil {
 						if got.Len() != 0 || gotRej != nil || gotStats != (Stats{}) {
@@ -165,16 +188,30 @@ func TestPullBatchMatchesPull(t *testing.T) {
 						}
 						return
 					}
+					ref.batch.Full = startup
+					if !reflect.DeepEqual(got, ref.batch) || !reflect.DeepEqual(gotRej, ref.rej) || gotStats != ref.stats {
+						t.Errorf("\nPullBatch %+v %+v %+v\nreference %+v %+v %+v", got, gotRej, gotStats, ref.batch, ref.rej, ref.stats)
+					}
+					malformedRej := 0
+					for _, r := range gotRej {
+						if r.Reason == ReasonMalformed {
+							malformedRej++
+						}
+					}
+					if malformedRej != bc.malformedElems {
+						t.Errorf("%d malformed rejections, want %d: %+v", malformedRej, bc.malformedElems, gotRej)
+					}
+					resp, perr := c.Pull(t.Context(), startup)
+					if (perr != nil) != (bc.malformedElems > 0) {
+						t.Fatalf("Pull err = %v with %d undecodable elements", perr, bc.malformedElems)
+					}
+					if perr != nil {
+						return
+					}
 					want, wantRej, wantStats := NormalizeWithStats(resp, opts, now)
 					want.Full = startup
-					if !reflect.DeepEqual(got, want) {
-						t.Errorf("batch\n got %+v\nwant %+v", got, want)
-					}
-					if !reflect.DeepEqual(gotRej, wantRej) {
-						t.Errorf("rejections\n got %+v\nwant %+v", gotRej, wantRej)
-					}
-					if gotStats != wantStats {
-						t.Errorf("stats got %+v want %+v", gotStats, wantStats)
+					if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotRej, wantRej) || gotStats != wantStats {
+						t.Errorf("\nPullBatch      %+v %+v %+v\nPull+Normalize %+v %+v %+v", got, gotRej, gotStats, want, wantRej, wantStats)
 					}
 				})
 			}
@@ -291,11 +328,20 @@ func TestPullBatchErrors(t *testing.T) {
 			if perr == nil {
 				t.Fatalf("Pull succeeded where PullBatch failed with %v", err)
 			}
-			if tc.name == "403 wrong key" || tc.name == "500" {
-				// the status error itself, not a decode error
+			// the status error itself, not a decode error, and a refused
+			// key told apart from LAPI being down
+			switch tc.name {
+			case "403 wrong key":
+				if !errors.Is(err, ErrUnauthorized) || !strings.HasSuffix(err.Error(), strings.TrimPrefix(perr.Error(), "pull decisions stream (startup=true): ")) {
+					t.Errorf("PullBatch err %q, want ErrUnauthorized wrapping Pull's %q", err, perr)
+				}
+			case "500":
 				if err.Error() != perr.Error() {
 					t.Errorf("PullBatch err %q, Pull err %q", err, perr)
 				}
+			}
+			if tc.name != "403 wrong key" && errors.Is(err, ErrUnauthorized) {
+				t.Errorf("%v classified as ErrUnauthorized", err)
 			}
 			if b.Len() != 0 || b.Full || rej != nil || stats != (Stats{}) {
 				t.Errorf("partial result on error: %+v %+v %+v", b, rej, stats)
@@ -410,7 +456,7 @@ func TestPullBatchInterns(t *testing.T) {
 		}
 		sb.WriteString(`{"duration":"1h","origin":"lists","scenario":"lists:x","scope":"Ip","type":"ban","value":"198.18.0.` + itoa(i) + `"}`)
 	}
-	sb.WriteString(`]}`)
+	sb.WriteString(`],"deleted":null}`)
 	srv := httptest.NewServer(&bodyLAPI{body: sb.String()})
 	defer srv.Close()
 	c, err := NewClient(ClientConfig{APIURL: srv.URL, APIKey: testKey}, discardLogger())
