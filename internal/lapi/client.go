@@ -1,7 +1,6 @@
 package lapi
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"time"
 
 	"github.com/crowdsecurity/crowdsec/pkg/apiclient"
-	"github.com/crowdsecurity/crowdsec/pkg/models"
 	csbouncer "github.com/crowdsecurity/go-cs-bouncer"
 )
 
@@ -109,37 +107,6 @@ func NewClient(cfg ClientConfig, logger *slog.Logger) (*Client, error) {
 		c.maxBody = DefaultMaxResponseBytes
 	}
 	return c, nil
-}
-
-// Pull fetches one stream response: with startup=true LAPI's whole active set
-// (and the deleted decisions it still stores), otherwise what changed since
-// this key's previous pull. A pull that fails because ctx ended is not
-// counted as a LAPI failure: that is our shutdown, not LAPI's health.
-//
-// Pull decodes into LAPI's model and checks nothing of the response's
-// shape (an empty body is an empty response); the daemon pulls with
-// PullBatch, which does.
-func (c *Client) Pull(ctx context.Context, startup bool) (*models.DecisionsStreamResponse, error) {
-	opts := c.opts // a copy: concurrent pulls must not race on Startup
-	opts.Startup = startup
-	c.requests.Add(1)
-	data, resp, err := c.api.Decisions.GetStream(ctx, opts)
-	if resp != nil && resp.Response != nil && resp.Response.Body != nil {
-		// apiclient closes it too; closing again is harmless and keeps us
-		// correct if that ever changes.
-		_ = resp.Response.Body.Close()
-	}
-	if err != nil {
-		if ctx.Err() == nil {
-			c.failures.Add(1)
-		}
-		return nil, fmt.Errorf("pull decisions stream (startup=%v): %w", startup, err)
-	}
-	if data == nil {
-		// an empty body decodes to nothing; treat it as an empty response
-		data = &models.DecisionsStreamResponse{}
-	}
-	return data, nil
 }
 
 // APIClient returns go-cs-bouncer's API client, for the usage-metrics push.

@@ -30,14 +30,6 @@ type element struct {
 	null bool
 }
 
-// parseFast fills e from b, one whole value with optional whitespace around
-// it, or returns false and leaves the element to encoding/json.
-func (e *element) parseFast(b []byte) bool {
-	i := skipSpace(b, 0)
-	k, st := e.scan(b[i:])
-	return st == scanOK && skipSpace(b, i+k) == len(b)
-}
-
 // decodeSlow decodes b, one element that skipValue has validated, with
 // encoding/json.
 func (e *element) decodeSlow(b []byte) error {

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/crowdsecurity/crowdsec/pkg/models"
-
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 )
 
@@ -101,33 +99,6 @@ type Stats struct {
 	SkippedFamily int
 }
 
-// Normalize turns one stream response into a journal batch. A bad decision is
-// rejected alone; the rest of the batch is kept. New decisions expire at
-// now + their remaining duration. Batch.Full is left for the caller to set.
-func Normalize(resp *models.DecisionsStreamResponse, opts NormalizeOptions, now time.Time) (journal.Batch, []Rejection) {
-	b, rej, _ := NormalizeWithStats(resp, opts, now)
-	return b, rej
-}
-
-// NormalizeWithStats is Normalize that also reports what it skipped on
-// purpose, for metrics.
-func NormalizeWithStats(resp *models.DecisionsStreamResponse, opts NormalizeOptions, now time.Time) (journal.Batch, []Rejection, Stats) {
-	if resp == nil {
-		return journal.Batch{}, nil, Stats{}
-	}
-	n := newNormalizer(opts)
-	n.now = now
-	n.startList(false, len(resp.New))
-	for _, d := range resp.New {
-		n.addModel(d)
-	}
-	n.startList(true, len(resp.Deleted))
-	for _, d := range resp.Deleted {
-		n.addModel(d)
-	}
-	return n.result()
-}
-
 // fields is one decision as the rules see it, whichever decoder produced it:
 // LAPI's model (addModel) or the streaming decoder's wire struct. Each
 // string remembers whether it was present, because the model's nil *string
@@ -142,31 +113,6 @@ type fields struct {
 	Value    jsonString `json:"value"`
 	// Simulated: the model's nil and false mean the same to the rules.
 	Simulated jsonBool `json:"simulated"`
-}
-
-// addModel adapts one of LAPI's models to fields and adds it.
-func (n *normalizer) addModel(d *models.Decision) {
-	if d == nil {
-		n.add(nil)
-		return
-	}
-	f := fields{
-		Duration:  optString(d.Duration),
-		Origin:    optString(d.Origin),
-		Scenario:  optString(d.Scenario),
-		Scope:     optString(d.Scope),
-		Type:      optString(d.Type),
-		Value:     optString(d.Value),
-		Simulated: jsonBool(d.Simulated != nil && *d.Simulated),
-	}
-	n.add(&f)
-}
-
-func optString(p *string) jsonString {
-	if p == nil {
-		return jsonString{}
-	}
-	return jsonString{s: *p, ok: true}
 }
 
 // normalizer carries the per-batch state: options with defaults applied, the
