@@ -345,4 +345,3 @@ func TestE2EFatalCauseInLogFile(t *testing.T) {
 		t.Fatalf("log file lacks the fatal cause:\n%s", logged)
 	}
 }
-
