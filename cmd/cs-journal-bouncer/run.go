@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -58,13 +59,22 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		return err
 	}
 	defer lc.Close()
+	defer func() {
+		// The cause of a fatal exit goes to the configured log too, not
+		// only to stderr (main prints it there).
+		if err != nil {
+			log.Error("exiting on a fatal error", "err", err)
+		}
+	}()
 	start := time.Now()
 	memCtx, stopMem := context.WithCancel(ctx)
 	defer stopMem()
 	go func() { _ = tuneMemoryLimit(memCtx, log) }()
 	log.Info("starting", "version", version, "mode", cfg.Mode, "journal", cfg.JournalPath)
 
-	j, err := journal.Open(journal.Options{Path: cfg.JournalPath, Logger: log})
+	// A journal that cannot be written is still enforced (from memory, with
+	// /health degraded); the enforcer retries writing it.
+	j, err := journal.Open(journal.Options{Path: cfg.JournalPath, Logger: log, KeepUnwritable: true})
 	if err != nil {
 		return fmt.Errorf("open journal: %w", err)
 	}
@@ -146,7 +156,16 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	p.norm.Protected = lapiPrefixes(ctx, cfg.APIURL, log)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return enf.Run(gctx) })
+	g.Go(func() (err error) {
+		// A bug must not end the process without a word in the log; the
+		// rules are kept, as on any fatal error.
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("enforcer panic: %v\n%s", r, debug.Stack())
+			}
+		}()
+		return enf.Run(gctx)
+	})
 	g.Go(func() error { return p.run(gctx) })
 	g.Go(func() error {
 		svc := admin.NewDaemonService(enf, j, nil)

@@ -127,6 +127,8 @@ type Enforcer struct {
 	ensured      map[int]bool
 	// kidx maps an origin name to the origin index of its kernel set.
 	kidx originIndex
+	// persist schedules writing the journal again after a failed write.
+	persist persistRetry
 }
 
 // call runs a function inside the loop, serialized with batches and repairs.
@@ -301,7 +303,8 @@ func (e *Enforcer) Submit(ctx context.Context, b journal.Batch, pulledAt time.Ti
 }
 
 // Run is the loop. It returns ctx's error on shutdown, or a fatal error
-// (journal write failure, ErrReplayFailed).
+// (ErrReplayFailed, a batch the journal refused). A journal that cannot be
+// written is not fatal: see journalAppend.
 func (e *Enforcer) Run(ctx context.Context) error {
 	if e.tick == nil {
 		t := time.NewTicker(e.cfg.VerifyInterval)
@@ -333,8 +336,8 @@ func (e *Enforcer) Run(ctx context.Context) error {
 }
 
 // apply writes a batch to the journal, then to the kernel. A kernel failure
-// is repaired through the ladder; a journal failure is fatal, because the
-// write-ahead guarantee would otherwise be silently broken.
+// is repaired through the ladder; a journal write failure is reported and
+// the batch enforced from memory (journalAppend).
 func (e *Enforcer) apply(ctx context.Context, r *request) error {
 	b := r.batch
 	// Once journaled, the batch is only needed through the view: drop the
@@ -353,7 +356,7 @@ func (e *Enforcer) apply(ctx context.Context, r *request) error {
 	v := e.j.View()
 	ps := affected(v, b)
 	before := takeSnapshot(v, ps, e.kidx)
-	if err := e.j.Append(b); err != nil {
+	if err := e.journalAppend(b); err != nil {
 		return fmt.Errorf("journal append of %d decisions: %w", b.Len(), err)
 	}
 	after := takeSnapshot(v, ps, e.kidx)
@@ -381,7 +384,7 @@ func (e *Enforcer) apply(ctx context.Context, r *request) error {
 // exactly it. A replay (fill aside, swap) is cheaper in time and memory than
 // diffing 100k entries, and never drops enforcement while it runs.
 func (e *Enforcer) applyFull(ctx context.Context, b journal.Batch, pulledAt time.Time) error {
-	if err := e.j.Append(b); err != nil {
+	if err := e.journalAppend(b); err != nil {
 		return fmt.Errorf("journal append of full set (%d decisions): %w", b.Len(), err)
 	}
 	e.lastFullPull = pulledAt
@@ -426,6 +429,7 @@ func (e *Enforcer) declareOrigins() []int {
 // the deep verify.
 func (e *Enforcer) pass(ctx context.Context) error {
 	now := e.now()
+	e.retryPersist(now)
 	if err := e.expire(ctx, now); err != nil {
 		return err
 	}

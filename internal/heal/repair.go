@@ -66,7 +66,7 @@ func (e *Enforcer) repair(ctx context.Context, kinds, details []string) error {
 		if err == nil {
 			pulled := e.now()
 			b.Full = true
-			if err := e.j.Append(b); err != nil {
+			if err := e.journalAppend(b); err != nil {
 				return fmt.Errorf("journal append of full resync: %w", err)
 			}
 			e.lastFullPull = pulled

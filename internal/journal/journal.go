@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -40,6 +41,10 @@ var (
 	// ErrReadOnly is returned by Append and Compact on a journal opened
 	// with Options.ReadOnly.
 	ErrReadOnly = errors.New("journal opened read-only")
+	// ErrNotDurable is returned by Append when the batch is in the view but
+	// not in the file (disk full, read-only, file damaged or replaced): the
+	// caller must still enforce it, and Persist writes it later.
+	ErrNotDurable = errors.New("journal not durable: the view is ahead of the file")
 )
 
 // Bucket and key names. The layout is versioned by metaVersion.
@@ -76,6 +81,13 @@ type Options struct {
 	// directory or file is created, a corrupt file is reported (ErrCorrupt)
 	// and left where it is, and Append and Compact fail with ErrReadOnly.
 	ReadOnly bool
+	// KeepUnwritable makes a read-write Open succeed when the file or its
+	// directory cannot be written (read-only file system, disk full, an
+	// unreadable or corrupt file that cannot be moved aside): it loads what
+	// it can read, holds the lock, and returns a journal whose file lags
+	// (PersistErr non-nil) until Persist manages to open it for writing.
+	// Without it such an Open fails. ErrLocked always fails.
+	KeepUnwritable bool
 }
 
 // Journal is an open journal file plus its in-memory view. Its methods are
@@ -83,16 +95,30 @@ type Options struct {
 // goroutine — calling Append and Compact; others only read (Stats).
 type Journal struct {
 	mu        sync.Mutex // serializes writers and guards the fields below
-	db        *bolt.DB
+	db        *bolt.DB   // nil while the file cannot be opened for writing
 	path      string
+	timeout   time.Duration
 	now       func() time.Time
 	log       *slog.Logger
 	every     int
 	readOnly  bool
 	view      *View
 	origins   map[string]int
+	originSeq int // next origin index
 	events    int // events stored after the snapshot
 	recovered string
+
+	// The file as we last wrote (or loaded) it, to notice it changing
+	// under us before bbolt reads its mmapped pages.
+	file fileState
+	// lockFile holds the lock while db is nil (see Options.KeepUnwritable).
+	lockFile *os.File
+	// lag is why the file is behind the view (nil: durable), since when,
+	// and how many writes failed since Open.
+	lag      error
+	lagSince time.Time
+	failures uint64
+	rewrites uint64 // files moved aside and rewritten while running
 }
 
 // Changes is what an Append did to the view, per Key, so the caller can
@@ -142,7 +168,7 @@ func (j *Journal) Origins() map[string]int {
 	return out
 }
 
-// Append makes b durable (one bbolt transaction, fsync on commit) and then
+// Append makes b durable (one bbolt transaction, fsync on commit) and
 // applies it to the view. See AppendChanges.
 func (j *Journal) Append(b Batch) error {
 	_, err := j.append(b, false)
@@ -154,10 +180,14 @@ func (j *Journal) Append(b Batch) error {
 // A delta batch is stored as one event under the next sequence number. A
 // Full batch (LAPI startup=true) becomes the new snapshot and all events are
 // deleted, in the same transaction. New origins get their index in that
-// transaction too. The view changes only after the commit succeeded, so on
-// error neither the file nor the view moved. An empty delta batch is not
-// written (LAPI polls return many). Decisions already expired at Now are
-// not inserted (and remove the key they would replace).
+// transaction too. An empty delta batch is not written (LAPI polls return
+// many). Decisions already expired at Now are not inserted (and remove the
+// key they would replace).
+//
+// Errors: ErrInvalidDecision (and ErrReadOnly) leave the file and the view
+// as they were. Any other failure wraps ErrNotDurable: the view — and so
+// what the caller must enforce — has the batch, the file does not (see
+// Persist); Changes are valid then too.
 func (j *Journal) AppendChanges(b Batch) (Changes, error) { return j.append(b, true) }
 
 // append is Append, listing the changes only when asked: a 100k full batch's
@@ -182,35 +212,63 @@ func (j *Journal) append(b Batch, list bool) (Changes, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	now := untilMS(j.now())
-	var (
-		ch  Changes
-		err error
-	)
+	lagging := j.lag != nil
+	// Origins get their index in memory first: the kernel set names derive
+	// from it, and the batch is enforced even when the write fails.
+	added := j.newOrigins(b.New)
+	var ch Changes
 	if b.Full {
-		ch, err = j.appendFull(b, now, list)
+		ch = j.appendFull(b, now, added, list)
 	} else {
-		ch, err = j.appendDelta(b, now, list)
+		ch = j.appendDelta(b, now, added, list)
 	}
-	if err != nil {
-		return Changes{}, err
+	if j.lag != nil {
+		// A file found changed under us is moved aside and rewritten at
+		// once; other failures (disk full, read-only) wait for Persist.
+		if !lagging && errors.Is(j.lag, errFileChanged) && j.persistLocked(now) == nil {
+			return ch, nil
+		}
+		return ch, j.notDurable()
 	}
 	if j.events >= j.every {
 		// The batch is durable and applied: a failed compaction must not
 		// fail it. Events stay, and the next Append tries again.
 		if err := j.compactLocked(now); err != nil {
 			j.log.Warn("journal compaction failed, will retry", "path", j.path, "events", j.events, "err", err)
+			if errors.Is(err, errFileChanged) {
+				j.setLag(err)
+				if j.persistLocked(now) != nil {
+					return ch, j.notDurable()
+				}
+			}
 		}
 	}
 	return ch, nil
 }
 
-func (j *Journal) appendDelta(b Batch, now int64, list bool) (Changes, error) {
+// write runs one transaction of an append unless the file already lags
+// behind the view (then only Persist writes: the missing batches are not
+// in the file, so an event on top of it would be wrong). A failure makes
+// the file lag.
+func (j *Journal) write(fn func(*bolt.Tx) error) bool {
+	if j.lag != nil {
+		return false
+	}
+	if err := j.update(fn); err != nil {
+		j.setLag(err)
+		return false
+	}
+	return true
+}
+
+func (j *Journal) appendDelta(b Batch, now int64, added map[string]int, list bool) Changes {
 	data, err := encodeBatch(b, now)
 	if err != nil {
-		return Changes{}, fmt.Errorf("journal append: encode: %w", err)
+		// Encoding fails only on a decision the codec cannot hold; the view
+		// still takes it, and Persist writes it in the snapshot's form.
+		j.setLag(fmt.Errorf("encode: %w", err))
 	}
-	var added map[string]int
-	err = j.db.Update(func(tx *bolt.Tx) error {
+	if j.write(func(tx *bolt.Tx) error {
 		ev := tx.Bucket(bucketEvents)
 		seq, err := ev.NextSequence()
 		if err != nil {
@@ -219,14 +277,11 @@ func (j *Journal) appendDelta(b Batch, now int64, list bool) (Changes, error) {
 		if err := ev.Put(seqKey(seq), data); err != nil {
 			return fmt.Errorf("put event %d (%d bytes): %w", seq, len(data), err)
 		}
-		added, err = j.assignOrigins(tx, b.New)
-		return err
-	})
-	if err != nil {
-		return Changes{}, fmt.Errorf("journal append to %s: %w", j.path, err)
+		return j.putOrigins(tx, added)
+	}) {
+		j.events++
 	}
 	j.mergeOrigins(added)
-	j.events++
 
 	v := j.view
 	v.mu.Lock()
@@ -254,10 +309,10 @@ func (j *Journal) appendDelta(b Batch, now int64, list bool) (Changes, error) {
 			}
 		}
 	}
-	return ch, nil
+	return ch
 }
 
-func (j *Journal) appendFull(b Batch, now int64, list bool) (Changes, error) {
+func (j *Journal) appendFull(b Batch, now int64, added map[string]int, list bool) Changes {
 	v := j.view
 	// Build the new view aside; it shares (and so interns into) the string
 	// table, which readers use under v.mu.
@@ -269,28 +324,24 @@ func (j *Journal) appendFull(b Batch, now int64, list bool) (Changes, error) {
 		nv.upsertPrev(v.m, recordOf(d, now), now)
 	}
 	v.mu.Unlock()
-	data := nv.encode(now)
-
-	var added map[string]int
-	err := j.db.Update(func(tx *bolt.Tx) error {
-		if err := writeSnapshot(tx, data); err != nil {
-			return err
+	if j.lag == nil {
+		data := nv.encode(now)
+		if j.write(func(tx *bolt.Tx) error {
+			if err := writeSnapshot(tx, data); err != nil {
+				return err
+			}
+			return j.putOrigins(tx, added)
+		}) {
+			j.events = 0
 		}
-		var err error
-		added, err = j.assignOrigins(tx, b.New)
-		return err
-	})
-	if err != nil {
-		return Changes{}, fmt.Errorf("journal full append to %s: %w", j.path, err)
 	}
 	j.mergeOrigins(added)
-	j.events = 0
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if !list {
 		v.m, v.combos, v.minUntil = nv.m, nv.combos, nv.minUntil
-		return Changes{}, nil
+		return Changes{}
 	}
 	ch := Changes{Added: make([]Decision, 0, len(nv.m))}
 	for k, old := range v.m {
@@ -302,7 +353,7 @@ func (j *Journal) appendFull(b Batch, now int64, list bool) (Changes, error) {
 		ch.Added = append(ch.Added, v.decision(k, val))
 	}
 	v.m, v.combos, v.minUntil = nv.m, nv.combos, nv.minUntil
-	return ch, nil
+	return ch
 }
 
 // writeSnapshot stores data as the snapshot and drops every event, keeping
@@ -331,10 +382,10 @@ func writeSnapshot(tx *bolt.Tx, data []byte) error {
 	return nil
 }
 
-// assignOrigins gives every origin of ds not yet known the next index.
-func (j *Journal) assignOrigins(tx *bolt.Tx, ds []Decision) (map[string]int, error) {
+// newOrigins gives every origin of ds not yet known the next index, in
+// memory only: mergeOrigins adopts them, putOrigins stores them.
+func (j *Journal) newOrigins(ds []Decision) map[string]int {
 	var added map[string]int
-	ob := tx.Bucket(bucketOrigins)
 	for _, d := range ds {
 		if _, ok := j.origins[d.Origin]; ok {
 			continue
@@ -342,56 +393,88 @@ func (j *Journal) assignOrigins(tx *bolt.Tx, ds []Decision) (map[string]int, err
 		if _, ok := added[d.Origin]; ok {
 			continue
 		}
-		seq, err := ob.NextSequence()
-		if err != nil {
-			return nil, fmt.Errorf("next origin index: %w", err)
-		}
-		idx := seq - 1
-		if err := ob.Put([]byte(d.Origin), binary.AppendUvarint(nil, idx)); err != nil {
-			return nil, fmt.Errorf("put origin %q: %w", d.Origin, err)
-		}
 		if added == nil {
 			added = make(map[string]int)
 		}
-		added[d.Origin] = int(idx)
+		added[d.Origin] = j.originSeq + len(added)
 	}
-	return added, nil
+	return added
+}
+
+// putOrigins stores origins and moves the bucket's sequence past them, so
+// that a file rewritten from memory keeps every index.
+func (j *Journal) putOrigins(tx *bolt.Tx, origins map[string]int) error {
+	if len(origins) == 0 {
+		return nil
+	}
+	ob := tx.Bucket(bucketOrigins)
+	next := ob.Sequence()
+	for name, idx := range origins {
+		if err := ob.Put([]byte(name), binary.AppendUvarint(nil, uint64(idx))); err != nil {
+			return fmt.Errorf("put origin %q: %w", name, err)
+		}
+		next = max(next, uint64(idx)+1)
+	}
+	if err := ob.SetSequence(next); err != nil {
+		return fmt.Errorf("set origin sequence: %w", err)
+	}
+	return nil
 }
 
 func (j *Journal) mergeOrigins(added map[string]int) {
 	for k, v := range added {
 		j.origins[k] = v
+		j.originSeq = max(j.originSeq, v+1)
 	}
 }
 
 // Compact writes the view (minus what expired by Now) as the new snapshot
 // and deletes all events, in one transaction. Append calls it every
-// Options.CompactEvery events; the in-memory view is not changed.
+// Options.CompactEvery events; the in-memory view is not changed. On a
+// journal whose file lags behind the view it is Persist.
 func (j *Journal) Compact() error {
 	if j.readOnly {
 		return fmt.Errorf("journal compact %s: %w", j.path, ErrReadOnly)
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.compactLocked(untilMS(j.now()))
+	now := untilMS(j.now())
+	if j.lag != nil {
+		return j.persistLocked(now)
+	}
+	return j.compactLocked(now)
 }
 
 func (j *Journal) compactLocked(now int64) error {
 	j.view.mu.RLock()
 	data := j.view.encode(now)
 	j.view.mu.RUnlock()
-	if err := j.db.Update(func(tx *bolt.Tx) error { return writeSnapshot(tx, data) }); err != nil {
+	if err := j.update(func(tx *bolt.Tx) error { return writeSnapshot(tx, data) }); err != nil {
 		return fmt.Errorf("journal compact %s: %w", j.path, err)
 	}
 	j.events = 0
 	return nil
 }
 
-// Close closes the file. The view stays readable.
+// Close closes the file. The view stays readable. What the file lags
+// behind the view is lost (Persist first to avoid it).
 func (j *Journal) Close() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if err := j.db.Close(); err != nil {
+	var errs []error
+	if j.db != nil {
+		if err := j.db.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		j.db = nil
+	}
+	if j.lockFile != nil {
+		if err := j.lockFile.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		j.lockFile = nil
+	}
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("journal close %s: %w", j.path, err)
 	}
 	return nil

@@ -52,6 +52,20 @@ func Open(opts Options) (*Journal, error) {
 		// moving a corrupt file aside.
 		return openLoad(opts, log)
 	}
+	j, err := openWritable(opts, log)
+	if err != nil && opts.KeepUnwritable && !errors.Is(err, ErrLocked) {
+		return openUnwritable(opts, log, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	j.file = fileState{pageSize: j.db.Info().PageSize}
+	j.recordFile()
+	return j, nil
+}
+
+// openWritable is Open's read-write path.
+func openWritable(opts Options, log *slog.Logger) (*Journal, error) {
 	if err := ensureDir(filepath.Dir(opts.Path), log); err != nil {
 		return nil, err
 	}
@@ -66,10 +80,7 @@ func Open(opts Options) (*Journal, error) {
 	if !errors.Is(err, errCorrupt) {
 		return nil, err
 	}
-	aside := fmt.Sprintf("%s.corrupt-%s", opts.Path, opts.Now().UTC().Format("20060102T150405Z"))
-	if _, statErr := os.Lstat(aside); statErr == nil {
-		aside = fmt.Sprintf("%s-%d", aside, opts.Now().UnixNano())
-	}
+	aside := asideName(opts.Path, opts.Now())
 	if rerr := os.Rename(opts.Path, aside); rerr != nil {
 		return nil, fmt.Errorf("journal open: move corrupt %s aside (%w): %w", opts.Path, err, rerr)
 	}
@@ -115,16 +126,8 @@ func openLoad(opts Options, log *slog.Logger) (*Journal, error) {
 	if err != nil {
 		return nil, err
 	}
-	j := &Journal{
-		db:       db,
-		path:     opts.Path,
-		now:      opts.Now,
-		log:      log,
-		every:    opts.CompactEvery,
-		readOnly: opts.ReadOnly,
-		origins:  make(map[string]int),
-		view:     newView(newStrtab()),
-	}
+	j := newJournal(opts, log)
+	j.db = db
 	if err := j.load(); err != nil {
 		if cerr := db.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("close: %w", cerr))
@@ -132,6 +135,20 @@ func openLoad(opts Options, log *slog.Logger) (*Journal, error) {
 		return nil, fmt.Errorf("journal open %s: %w", opts.Path, err)
 	}
 	return j, nil
+}
+
+// newJournal is a Journal with an empty view and no file.
+func newJournal(opts Options, log *slog.Logger) *Journal {
+	return &Journal{
+		path:     opts.Path,
+		timeout:  opts.Timeout,
+		now:      opts.Now,
+		log:      log,
+		every:    opts.CompactEvery,
+		readOnly: opts.ReadOnly,
+		origins:  make(map[string]int),
+		view:     newView(newStrtab()),
+	}
 }
 
 // openDB is bolt.Open with its failures sorted: a lock timeout is
@@ -282,6 +299,7 @@ func (j *Journal) loadTx(tx *bolt.Tx) error {
 
 func (j *Journal) loadOrigins(b *bolt.Bucket) error {
 	seen := make(map[uint64]string)
+	j.originSeq = int(b.Sequence())
 	return b.ForEach(func(k, v []byte) error {
 		idx, n := binary.Uvarint(v)
 		if n != len(v) || idx >= b.Sequence() {

@@ -21,12 +21,25 @@ type Stats struct {
 	OldestUntil, NewestUntil time.Time
 	// PerOrigin counts entries by origin name.
 	PerOrigin map[string]int
+	// WriteError is why the file lags behind the view ("" while it holds
+	// it: durable), and NotDurableSince since when (see Persist).
+	WriteError      string
+	NotDurableSince time.Time
+	// WriteFailures counts failed writes since Open (appends, compactions,
+	// Persist attempts).
+	WriteFailures uint64
+	// Rewrites counts files found changed under the daemon (overwritten,
+	// truncated, replaced, removed), moved aside and rewritten from memory.
+	Rewrites uint64
 }
 
 // Stats returns the journal's current figures.
 func (j *Journal) Stats() Stats {
 	j.mu.Lock()
-	s := Stats{EventsSinceSnapshot: j.events, FileSize: -1}
+	s := Stats{EventsSinceSnapshot: j.events, FileSize: -1, WriteFailures: j.failures, Rewrites: j.rewrites}
+	if j.lag != nil {
+		s.WriteError, s.NotDurableSince = j.lag.Error(), j.lagSince
+	}
 	j.mu.Unlock()
 	if fi, err := os.Stat(j.path); err == nil {
 		s.FileSize = fi.Size()

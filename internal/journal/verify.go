@@ -52,7 +52,13 @@ func (j *Journal) Verify() (rep VerifyReport, err error) {
 	problem := func(format string, args ...any) {
 		rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...))
 	}
-	err = j.db.View(func(tx *bolt.Tx) (err error) {
+	j.mu.Lock()
+	db := j.db
+	j.mu.Unlock()
+	if db == nil {
+		return rep, fmt.Errorf("journal verify %s: not open (it cannot be written; the view is in memory only)", j.path)
+	}
+	err = db.View(func(tx *bolt.Tx) (err error) {
 		// A damaged page may panic bbolt; report it instead of crashing the
 		// daemon the CLI asked.
 		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))

@@ -73,6 +73,12 @@ var (
 		"Decisions from LAPI that were not enforced, by reason.", []string{"reason"}, nil)
 	descRecovered = prometheus.NewDesc(ns+"journal_recovered_total",
 		"Journals found corrupt, moved aside and replaced by an empty one (a full LAPI resync follows).", nil, nil)
+	descJournalWriteFailures = prometheus.NewDesc(ns+"journal_write_failures_total",
+		"Failed journal writes (appends, compactions, retries); while they fail, bans are enforced from memory.", nil, nil)
+	descJournalDurable = prometheus.NewDesc(ns+"journal_durable",
+		"1 while the journal file holds every enforced decision; at 0 decisions received since are lost on a restart.", nil, nil)
+	descJournalRewrites = prometheus.NewDesc(ns+"journal_rewrites_total",
+		"Journal files found changed under the daemon (overwritten, truncated, replaced), moved aside and rewritten from memory.", nil, nil)
 	descLAPIReachable = prometheus.NewDesc(ns+"lapi_reachable",
 		"1 if the last LAPI pull succeeded; at 0 the bouncer enforces from its journal.", nil, nil)
 	descBackingOff = prometheus.NewDesc(ns+"backing_off",
@@ -91,7 +97,7 @@ var allDescs = []*prometheus.Desc{
 	descRepairs, descVerifyDuration, descLastVerify, descReplayFailures, descConsecutiveFailures,
 	descDeepRepairs, descJournalSize, descJournalEvents, descJournalActive, descLastPull, descLastFull,
 	descRejected, descRecovered, descLAPIReachable, descBackingOff, descEnforcing, descPendingAge,
-	descKernelErrors,
+	descKernelErrors, descJournalWriteFailures, descJournalDurable, descJournalRewrites,
 }
 
 // collector computes every value at scrape time from m.src.
@@ -147,6 +153,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(descJournalEvents, float64(st.EventsSinceSnapshot))
 		gauge(descJournalActive, float64(st.Active))
+		counter(descJournalWriteFailures, float64(st.WriteFailures))
+		gauge(descJournalDurable, boolValue(st.WriteError == ""))
+		counter(descJournalRewrites, float64(st.Rewrites))
 	}
 	if src.Rejected != nil {
 		rej := src.Rejected()

@@ -13,7 +13,8 @@ const (
 	StatusHealthy = "healthy"
 	// StatusDegraded: enforcement works but something needs attention
 	// (LAPI unreachable and the journal carries enforcement; repairs held
-	// back by another program undoing our rules). Served with 200.
+	// back by another program undoing our rules; the journal cannot be
+	// written and enforcement runs from memory). Served with 200.
 	StatusDegraded = "degraded"
 	// StatusUnhealthy: enforcement is broken or cannot be vouched for (not
 	// enforcing yet, replays failing, a batch waiting too long, the loop
@@ -54,6 +55,13 @@ type JournalReport struct {
 	ActiveEntries       int   `json:"active_entries"`
 	EventsSinceSnapshot int   `json:"events_since_snapshot"`
 	SizeBytes           int64 `json:"size_bytes"`
+	// Durable is false while the file lags behind the enforced view
+	// (WriteError says why, NotDurableSince since when).
+	Durable         bool       `json:"durable"`
+	WriteError      string     `json:"write_error,omitempty"`
+	NotDurableSince *time.Time `json:"not_durable_since,omitempty"`
+	WriteFailures   uint64     `json:"write_failures"`
+	Rewrites        uint64     `json:"rewrites"`
 }
 
 // Healthy reports whether the status is served with 200 (healthy or
@@ -109,7 +117,15 @@ func (m *Metrics) Health() Report {
 	}
 	if m.src.JournalStats != nil {
 		st := m.src.JournalStats()
-		r.Journal = &JournalReport{ActiveEntries: st.Active, EventsSinceSnapshot: st.EventsSinceSnapshot, SizeBytes: st.FileSize}
+		r.Journal = &JournalReport{
+			ActiveEntries: st.Active, EventsSinceSnapshot: st.EventsSinceSnapshot, SizeBytes: st.FileSize,
+			Durable: st.WriteError == "", WriteError: st.WriteError, NotDurableSince: timePtr(st.NotDurableSince),
+			WriteFailures: st.WriteFailures, Rewrites: st.Rewrites,
+		}
+		if st.WriteError != "" {
+			warn = append(warn, fmt.Sprintf("journal cannot be written since %s: enforcing from memory, decisions received since are lost on a restart (%s)",
+				st.NotDurableSince.UTC().Format(time.RFC3339), st.WriteError))
+		}
 	}
 	switch {
 	case len(bad) > 0:

@@ -38,6 +38,7 @@ func TestHealthEndpoint(t *testing.T) {
 		name      string
 		health    func(h *heal.Health) // changes to goodHealth
 		noHealth  bool
+		journal   func(*journal.Stats)
 		pending   time.Duration // age of a waiting batch (0: none)
 		heartbeat time.Duration // age of the loop's heartbeat (-1: no Heartbeat source)
 		startedAt time.Duration // New was called this long before t0
@@ -80,6 +81,14 @@ func TestHealthEndpoint(t *testing.T) {
 		{name: "never verified, long after start", heartbeat: -1, startedAt: 20 * time.Second,
 			health: func(h *heal.Health) { h.LastVerify = time.Time{} },
 			code:   503, status: StatusUnhealthy, reasons: []string{"never verified in 20s"}},
+		{name: "journal cannot be written: degraded, enforcing from memory", heartbeat: 0,
+			journal: func(s *journal.Stats) {
+				s.WriteError, s.NotDurableSince, s.WriteFailures = "no space left on device", t0.Add(-time.Minute), 3
+			},
+			code: 200, status: StatusDegraded, reasons: []string{"journal cannot be written since 2026-03-01T11:59:00Z: enforcing from memory"}},
+		{name: "journal rewritten after it changed under us: healthy", heartbeat: 0,
+			journal: func(s *journal.Stats) { s.Rewrites, s.WriteFailures = 1, 1 },
+			code:    200, status: StatusHealthy},
 		{name: "no enforcer", noHealth: true, heartbeat: -1,
 			code: 503, status: StatusUnhealthy, reasons: []string{"no enforcer"}},
 	}
@@ -96,7 +105,13 @@ func TestHealthEndpoint(t *testing.T) {
 					}
 					return t0.Add(-tc.pending)
 				},
-				JournalStats: func() journal.Stats { return journal.Stats{FileSize: 4096, EventsSinceSnapshot: 3, Active: 100000} },
+				JournalStats: func() journal.Stats {
+					st := journal.Stats{FileSize: 4096, EventsSinceSnapshot: 3, Active: 100000}
+					if tc.journal != nil {
+						tc.journal(&st)
+					}
+					return st
+				},
 			}
 			if !tc.noHealth {
 				src.Health = func() heal.Health { return h }
@@ -150,7 +165,8 @@ func TestHealthDocument(t *testing.T) {
 		"last_repair": map[string]any{"at": "2026-03-01T11:59:00Z", "drift": []any{"jump", "set"}, "took_ms": 12.5, "entries": 100000.0},
 		"repairs":     2.0, "consecutive_failures": 0.0, "lapi_reachable": true, "backing_off": false, "enforcing": true,
 		"last_pull": "2026-03-01T11:59:57Z", "last_full_resync": "2026-03-01T11:00:00Z",
-		"journal":              map[string]any{"active_entries": 100000.0, "events_since_snapshot": 3.0, "size_bytes": 4096.0},
+		"journal": map[string]any{"active_entries": 100000.0, "events_since_snapshot": 3.0, "size_bytes": 4096.0,
+			"durable": true, "write_failures": 0.0, "rewrites": 0.0},
 		"pending_batch_age_ms": 1500.0,
 	}
 	for k, v := range want {
