@@ -62,9 +62,13 @@ func journalMembers(t *testing.T, path string) []netip.Prefix {
 		t.Fatalf("journal was corrupt after kill -9 (moved to %s)", j.Recovered())
 	}
 	var out []netip.Prefix
-	for _, d := range j.View().Active(time.Now()) {
-		out = append(out, d.Prefix)
-	}
+	now := time.Now()
+	j.View().Each(func(d journal.Decision) bool {
+		if d.Until.After(now) {
+			out = append(out, d.Prefix)
+		}
+		return true
+	})
 	slices.SortFunc(out, comparePrefix)
 	return slices.Compact(out)
 }

@@ -132,3 +132,18 @@ func diffMaps(t *testing.T, what string, got, want map[Key]Decision) {
 		}
 	}
 }
+
+// Active returns the decisions still in force at now (Until > now), in no
+// particular order: what a replay must put in the kernel.
+func (v *View) Active(now time.Time) []Decision {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	t := untilMS(now)
+	out := make([]Decision, 0, len(v.m))
+	for k, val := range v.m {
+		if val.until > t {
+			out = append(out, v.decision(k, val))
+		}
+	}
+	return out
+}

@@ -269,21 +269,6 @@ func sinceTime(ms int64) time.Time {
 	return msTime(ms)
 }
 
-// Active returns the decisions still in force at now (Until > now), in no
-// particular order: what a replay must put in the kernel.
-func (v *View) Active(now time.Time) []Decision {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	t := untilMS(now)
-	out := make([]Decision, 0, len(v.m))
-	for k, val := range v.m {
-		if val.until > t {
-			out = append(out, v.decision(k, val))
-		}
-	}
-	return out
-}
-
 // Expire removes the decisions whose Until <= now and returns them, so the
 // caller can delete them from the kernel where timeouts are off. It only
 // changes memory: the journal drops them on its own at the next compaction
