@@ -27,7 +27,7 @@
 #   LAPI_CACHE        where the .deb is extracted (default: /tmp/crowdsec-deb-cache)
 
 #
-# Adapted from the measured recipe in shared/lapi/lapi.sh: split setup from launch so a
+# Setup is split from launch so a
 # LAPI can be halted and restarted on the same port, key and database (a bouncer must be
 # able to reconnect without its pull state being reset), and exposed cscli/add-decision
 # as commands for the Go test harness (internal/testenv/lapi.go) and the demo.
