@@ -44,6 +44,8 @@ mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Codename: bookworm' 2>/dev
   | grep -m1 '/debian/$' || true)
 mirror=${mirror:-http://deb.debian.org/debian/}
 
+# Roots of older recipes are of no further use.
+find "$cache" -maxdepth 1 -name 'root-*' ! -name "root-$key" -exec rm -rf {} +
 tmp=$root.tmp
 rm -rf "$tmp"
 log "debootstrap $suite from $mirror into $tmp (about a minute)"
@@ -78,6 +80,12 @@ rm -f "$tmp/usr/sbin/policy-rc.d"
 # try CAPI at every start. The agent keeps running (it reads no logs here).
 sed -i '/online_client:/,/credentials_path:/ s|^\(\s*\)credentials_path:.*|\1# credentials_path: disabled for the offline test root|' \
   "$tmp/etc/crowdsec/config.yaml"
+# No udev and no terminals here: the getty for the kernel's serial console
+# would wait 90 s for a device that never appears, and boot would hang in
+# "starting".
+for u in getty.target serial-getty@.service console-getty.service; do
+  ln -sf /dev/null "$tmp/etc/systemd/system/$u"
+done
 in_root apt-get clean
 touch "$tmp/.complete"
 rm -rf "$root" && mv "$tmp" "$root"

@@ -60,7 +60,6 @@ func TestUnitFileDirectives(t *testing.T) {
 		{"Service", "NotifyAccess", "main"},
 		{"Service", "WatchdogSec", "30s"},
 		{"Service", "Restart", "always"},
-		{"Service", "RestartPreventExitStatus", "2"},
 		{"Service", "TimeoutAbortSec", ""},
 		{"Service", "RestartSec", ""},
 		{"Service", "ExecStart", "/usr/bin/cs-journal-bouncer -c /etc/crowdsec/bouncers/cs-journal-bouncer.yaml"},
@@ -96,14 +95,11 @@ func TestUnitFileDirectives(t *testing.T) {
 			t.Errorf("[%s] %s=%s, want %s", tt.section, tt.key, vals[0], tt.want)
 		}
 	}
-	// Restarts after exit 1 (possibly transient) and 3
-	// (heal.ExitReplayFailed) are the point; only usage errors (2) stay down.
-	for _, v := range u["Service"]["RestartPreventExitStatus"] {
-		for _, code := range strings.Fields(v) {
-			if code != "2" {
-				t.Errorf("RestartPreventExitStatus=%q: only exit 2 may prevent a restart", v)
-			}
-		}
+	// Restarts after exit 3 (heal.ExitReplayFailed) are the point, and Go's
+	// runtime exits 2 after a panic or the watchdog's SIGABRT: no exit
+	// status may prevent a restart.
+	if v, ok := u["Service"]["RestartPreventExitStatus"]; ok {
+		t.Errorf("RestartPreventExitStatus=%q: exit 3 and watchdog kills (exit 2) must restart", v)
 	}
 	// The config test runs before the daemon, with the same config.
 	if pre := u["Service"]["ExecStartPre"]; !slices.Contains(pre, u["Service"]["ExecStart"][0]+" -t") {
