@@ -88,7 +88,7 @@ func (m *machine) startDebianBouncer(mode string) {
 }
 
 // migrate installs the package over Debian's running bouncer and checks
-// what a migrating user must see. It returns the package's transcript.
+// what a migrating user must see, logging apt's transcript.
 func (m *machine) migrate() {
 	t := m.t
 	t.Helper()
