@@ -8,12 +8,16 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build deps test test-unit lint bench demo fuzz clean
+.PHONY: all build deb deps test test-unit test-package lint bench demo fuzz clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/cs-journal-bouncer
+
+# dist/cs-journal-bouncer_<version>_<arch>.deb, built with dpkg-deb.
+deb:
+	@bash scripts/build-deb.sh $(VERSION)
 
 deps:
 	@bash scripts/deps.sh
@@ -45,4 +49,4 @@ demo: deps build
 	bash scripts/demo.sh
 
 clean:
-	rm -rf bin
+	rm -rf bin dist

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deps.sh — install what the build, the tests and the demo need on a fresh
-# Debian 12 machine (as root): kernel tools, ping, Go modules, and Debian's
+# Debian 12 machine (as root): kernel tools, ping, debootstrap (the package
+# tests' Debian root), Go modules, and Debian's
 # crowdsec (extracted, not installed) for a real LAPI. Idempotent and quiet
 # when everything is already there.
 set -euo pipefail
@@ -8,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in iptables:iptables ipset:ipset nft:nftables ip:iproute2 ping:iputils-ping \
-            curl:curl unshare:util-linux systemd-analyze:systemd; do
+            curl:curl unshare:util-linux systemd-analyze:systemd \
+            debootstrap:debootstrap nsenter:util-linux dpkg-deb:dpkg; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

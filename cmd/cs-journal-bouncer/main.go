@@ -24,8 +24,6 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-const defaultConfigPath = "/etc/crowdsec/bouncers/crowdsec-firewall-bouncer.yaml"
-
 func main() {
 	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -35,7 +33,7 @@ func main() {
 func realMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cs-journal-bouncer", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cfgPath := fs.String("c", defaultConfigPath, "path to the config file (crowdsec-firewall-bouncer.yaml compatible)")
+	cfgPath := fs.String("c", defaultConfigPath(), "path to the config file (crowdsec-firewall-bouncer.yaml compatible)")
 	testCfg := fs.Bool("t", false, "test the config and exit")
 	printCfg := fs.Bool("T", false, "print the merged config (secrets masked) and exit")
 	verbose := fs.Bool("v", false, "debug logging (overrides log_level)")
@@ -47,6 +45,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	if *showVersion {
 		fmt.Fprintf(stdout, "cs-journal-bouncer %s\n", version)
 		return 0
+	}
+	if fs.NArg() > 0 && isPackageCommand(fs.Arg(0)) {
+		// setup and cleanup, run by the Debian package (pkgcmd.go).
+		return runPackageCommand(fs.Args(), *cfgPath, stdout, stderr)
 	}
 	if fs.NArg() > 0 && isCLICommand(fs.Arg(0)) {
 		// Operator commands (cli.go): `journal ...` and `check`.

@@ -59,9 +59,10 @@ func TestUnitFileDirectives(t *testing.T) {
 		{"Service", "Type", "notify"},
 		{"Service", "NotifyAccess", "main"},
 		{"Service", "WatchdogSec", "30s"},
-		{"Service", "Restart", "on-failure"},
+		{"Service", "Restart", "always"},
+		{"Service", "TimeoutAbortSec", ""},
 		{"Service", "RestartSec", ""},
-		{"Service", "ExecStart", "/usr/local/bin/cs-journal-bouncer -c /etc/crowdsec/bouncers/crowdsec-firewall-bouncer.yaml"},
+		{"Service", "ExecStart", "/usr/bin/cs-journal-bouncer -c /etc/crowdsec/bouncers/cs-journal-bouncer.yaml"},
 		{"Service", "StateDirectory", "cs-journal-bouncer"},
 		{"Service", "StateDirectoryMode", "0700"},
 		{"Service", "User", "root"},
@@ -94,9 +95,11 @@ func TestUnitFileDirectives(t *testing.T) {
 			t.Errorf("[%s] %s=%s, want %s", tt.section, tt.key, vals[0], tt.want)
 		}
 	}
-	// Restarts after exit 3 (heal.ExitReplayFailed) are the point.
+	// Restarts after exit 3 (heal.ExitReplayFailed) are the point, and Go's
+	// runtime exits 2 after a panic or the watchdog's SIGABRT: no exit
+	// status may prevent a restart.
 	if v, ok := u["Service"]["RestartPreventExitStatus"]; ok {
-		t.Errorf("RestartPreventExitStatus=%q: exit 3 and watchdog kills must restart", v)
+		t.Errorf("RestartPreventExitStatus=%q: exit 3 and watchdog kills (exit 2) must restart", v)
 	}
 	// The config test runs before the daemon, with the same config.
 	if pre := u["Service"]["ExecStartPre"]; !slices.Contains(pre, u["Service"]["ExecStart"][0]+" -t") {
