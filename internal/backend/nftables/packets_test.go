@@ -32,7 +32,7 @@ func TestKernelPackets(t *testing.T) {
 		sh(t, "ip -6 neigh replace "+a.String()+" lladdr "+mac[1]+" dev "+p.Link+" nud permanent")
 	}
 	for _, a := range []netip.Addr{p.Banned4, p.Clean4} {
-		if !p.Ping(t, a, p.Local4) {
+		if !p.Answers(t, a, p.Local4) {
 			t.Fatalf("%s cannot reach us before any ban", a)
 		}
 	}
@@ -46,7 +46,7 @@ func TestKernelPackets(t *testing.T) {
 	if p.Ping(t, p.Banned4, p.Local4) || p.Ping(t, p.Banned6, p.Local6) {
 		t.Error("a banned peer got an answer")
 	}
-	if !p.Ping(t, p.Clean4, p.Local4) || !p.Ping(t, p.Clean6, p.Local6) {
+	if !p.Answers(t, p.Clean4, p.Local4) || !p.Answers(t, p.Clean6, p.Local6) {
 		t.Error("a clean peer got no answer")
 	}
 	// a Range holding the clean v4 peer bans it too
