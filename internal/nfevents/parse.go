@@ -22,7 +22,7 @@ const (
 	msgDelRule    = 8  // NFT_MSG_DELRULE
 	msgDelSet     = 11 // NFT_MSG_DELSET
 	msgDelSetElem = 14 // NFT_MSG_DELSETELEM
-	msgNewGen     = 16 // NFT_MSG_NEWGEN
+	msgNewGen     = 15 // NFT_MSG_NEWGEN
 
 	// The table name is attribute 1 of every object message (NFTA_TABLE_NAME,
 	// NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,

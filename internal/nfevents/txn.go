@@ -23,8 +23,9 @@ func newTxn(f *filter) *txn { return &txn{f: f} }
 // add takes one message of the transaction in progress.
 func (t *txn) add(m message) {
 	if t.f.ownsElems(m) {
-		if t.n+len(m.elems) > backend.MaxChangeElements {
-			t.over = true
+		if t.over || t.n+len(m.elems) > backend.MaxChangeElements {
+			// The deep verify will compare every member: the list is moot.
+			t.over, t.elems = true, nil
 			return
 		}
 		if t.elems == nil {
