@@ -113,7 +113,8 @@ type Enforcer struct {
 	slp  func(ctx context.Context, d time.Duration) error
 	tick <-chan time.Time
 	sync func(ctx context.Context) (journal.Batch, error)
-	wake <-chan backend.Change
+
+	wake  <-chan backend.Change
 	after func(d time.Duration) <-chan time.Time
 
 	reqs     chan *request
