@@ -18,6 +18,8 @@ import (
 const (
 	ModeIPTables = "iptables"
 	ModeIPSet    = "ipset"
+	// ModeDryRun touches no kernel: it logs what it would add and delete.
+	ModeDryRun = "dry-run"
 )
 
 // Values of on_shutdown.
@@ -67,7 +69,7 @@ const maxLogPrefixLen = 29
 // Config is the validated, defaulted configuration. Load never returns a
 // Config that failed validation; callers may use every field as is.
 type Config struct {
-	// Mode is ModeIPTables or ModeIPSet.
+	// Mode is ModeIPTables, ModeIPSet or ModeDryRun.
 	Mode string
 	// UpdateFrequency is how often the LAPI stream is polled (> 0).
 	UpdateFrequency time.Duration
