@@ -155,3 +155,46 @@ func destroySets(t *testing.T, unref func()) {
 	}
 	t.Fatal("could not destroy our sets in 20 tries: repairs always came first")
 }
+
+// mode: dry-run logs what it would do and leaves the kernel alone.
+func TestE2EDryRunTouchesNoKernel(t *testing.T) {
+	if !e2eSetup(t) {
+		return
+	}
+	l := testenv.StartLAPI(t)
+	cfg := writeConfig(t, l, bouncerOpts{})
+	data, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(data), "mode: iptables", "mode: dry-run", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// iptables-save's comment lines carry the time: compare the rest.
+	rules := func() string {
+		var keep []string
+		for _, l := range strings.Split(sh(t, "iptables-save"), "\n") {
+			if !strings.HasPrefix(l, "#") {
+				keep = append(keep, l)
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+	rulesBefore, nftBefore := rules(), sh(t, "nft", "list", "ruleset")
+	b := startBouncer(t, cfg)
+	l.AddDecision(t, "crowdsec", "Ip", "192.0.2.10", "4h")
+	b.waitLog(t, "192.0.2.10/32 in crowdsec-blacklists-", within)
+	if !strings.Contains(b.out.String(), "dry-run: would add") {
+		t.Fatalf("no 'would add' line:\n%s", tail(b.out.String(), 20))
+	}
+	if sets := sh(t, "ipset", "list", "-n"); strings.TrimSpace(sets) != "" {
+		t.Fatalf("dry run created sets: %s", sets)
+	}
+	if rules() != rulesBefore || sh(t, "nft", "list", "ruleset") != nftBefore {
+		t.Fatal("dry run changed the rules")
+	}
+	b.stop(t)
+	if n := b.count("repaired drift"); n != 0 {
+		t.Fatalf("%d repairs in a dry run: its model drifted", n)
+	}
+}
