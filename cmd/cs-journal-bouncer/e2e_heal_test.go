@@ -38,16 +38,15 @@ func ipsetAll(t *testing.T, verb string) {
 var faults = []fault{
 	{"jump rule deleted", both("-D INPUT -j CROWDSEC_CHAIN")},
 	{"chain flushed", both("-F CROWDSEC_CHAIN")},
-	{"chain deleted", both("-D INPUT -j CROWDSEC_CHAIN", "-F CROWDSEC_CHAIN", "-X CROWDSEC_CHAIN")},
+	// Event-driven repairs put rules back within milliseconds: faults made
+	// of several steps run them as one commit, or retry the last step.
+	{"chain deleted", atomically("-D INPUT -j CROWDSEC_CHAIN", "-F CROWDSEC_CHAIN", "-X CROWDSEC_CHAIN")},
 	{"set flushed", func(t *testing.T, _, _ string) { ipsetAll(t, "flush") }},
 	{"set destroyed", func(t *testing.T, s4, s6 string) {
-		both("-F CROWDSEC_CHAIN")(t, s4, s6) // a set in use cannot be destroyed
-		ipsetAll(t, "destroy")
+		// a set in use cannot be destroyed
+		destroySets(t, func() { atomically("-F CROWDSEC_CHAIN")(t, s4, s6) })
 	}},
-	{"everything wiped", func(t *testing.T, _, _ string) {
-		both("-F", "-X")(t, "", "")
-		sh(t, "ipset", "destroy")
-	}},
+	{"everything wiped", func(t *testing.T, _, _ string) { destroySets(t, func() { wipeTables(t) }) }},
 	{"nft flush ruleset", func(t *testing.T, _, _ string) { sh(t, "nft", "flush", "ruleset") }},
 	{"iptables-restore of rules saved before start", func(t *testing.T, s4, s6 string) {
 		sh(t, "iptables-restore", s4)

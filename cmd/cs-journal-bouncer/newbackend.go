@@ -1,13 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/dryrun"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/iptables"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend/nftables"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/config"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/nfevents"
 )
 
 // newBackend builds the backend of the configured mode: the one place that
@@ -20,6 +23,9 @@ func newBackend(cfg *config.Config, log *slog.Logger) (backend.Backend, error) {
 		return iptables.New(iptablesConfig(cfg, log))
 	case config.ModeNFTables:
 		return nftables.New(nftablesConfig(cfg, log))
+	case config.ModeDryRun:
+		return dryrun.New(dryrun.Config{DisableIPv4: cfg.DisableIPv4, DisableIPv6: cfg.DisableIPv6,
+			SetName4: cfg.BlacklistsIPv4, SetName6: cfg.BlacklistsIPv6, Logger: log}), nil
 	}
 	return nil, fmt.Errorf("mode %q: %w", cfg.Mode, config.ErrUnsupportedMode)
 }
@@ -59,4 +65,33 @@ func nftablesConfig(cfg *config.Config, log *slog.Logger) nftables.Config {
 		DisableTimeouts: cfg.IPSetDisableTimeouts,
 		Logger:          log,
 	}
+}
+
+// newMonitor builds the nf_tables event monitor for a backend that names
+// nf_tables objects, and the channel it wakes the enforcer on. Both are
+// nil when there is nothing to watch (ipset, dry-run): the verify tick
+// alone finds drift then.
+func newMonitor(be backend.Backend, log *slog.Logger) (*nfevents.Monitor, chan backend.Change) {
+	w, ok := be.(backend.NFTWatcher)
+	if !ok {
+		return nil, nil
+	}
+	m, err := nfevents.New(w.NFTObjects(), log)
+	if err != nil {
+		return nil, nil // nothing to watch in this mode
+	}
+	return m, make(chan backend.Change)
+}
+
+// watchKernel runs the monitor until ctx ends. A monitor that cannot run
+// (no netlink socket) is reported and the daemon goes on: the verify tick
+// still finds every drift, only later.
+func watchKernel(ctx context.Context, m *nfevents.Monitor, wake chan<- backend.Change, log *slog.Logger) error {
+	if m == nil {
+		return nil
+	}
+	if err := m.Run(ctx, wake); err != nil && ctx.Err() == nil {
+		log.Error("nf_tables event monitor stopped; drift is found by the verify tick only", "err", err)
+	}
+	return nil
 }

@@ -92,6 +92,7 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	if err != nil {
 		return fmt.Errorf("backend: %w", err)
 	}
+	mon, wake := newMonitor(be, log)
 	client, err := lapi.NewClient(lapi.ClientConfig{
 		APIURL: cfg.APIURL, APIKey: cfg.APIKey,
 		CertPath: cfg.CertPath, KeyPath: cfg.KeyPath, CACertPath: cfg.CACertPath,
@@ -123,7 +124,7 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		BackoffMax:        cfg.Heal.BackoffMax,
 		FightWindow:       cfg.Heal.FightWindow,
 		FreeRepairs:       cfg.Heal.FreeRepairs,
-	}, heal.Deps{Journal: j, Backend: be, Logger: log, Resync: p.fullBatch,
+	}, heal.Deps{Journal: j, Backend: be, Logger: log, Resync: p.fullBatch, Wake: wake,
 		OnRepair: func(kinds []string, took time.Duration, n int) {
 			if m != nil {
 				m.ObserveRepair(kinds, took, n)
@@ -167,6 +168,7 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		return enf.Run(gctx)
 	})
 	g.Go(func() error { return p.run(gctx) })
+	g.Go(func() error { return watchKernel(gctx, mon, wake, log) })
 	g.Go(func() error {
 		svc := admin.NewDaemonService(enf, j, nil)
 		if err := admin.Serve(gctx, admin.SocketPath(cfg.JournalPath), svc, log); err != nil {

@@ -20,6 +20,8 @@ const (
 	ModeIPTables = "iptables"
 	ModeIPSet    = "ipset"
 	ModeNFTables = "nftables"
+	// ModeDryRun touches no kernel: it logs what it would add and delete.
+	ModeDryRun = "dry-run"
 )
 
 // NFTablesHooks are the hooks nftables_hooks accepts, as upstream.
@@ -72,7 +74,7 @@ const maxLogPrefixLen = 29
 // Config is the validated, defaulted configuration. Load never returns a
 // Config that failed validation; callers may use every field as is.
 type Config struct {
-	// Mode is ModeIPTables or ModeIPSet.
+	// Mode is ModeIPTables, ModeIPSet or ModeDryRun.
 	Mode string
 	// UpdateFrequency is how often the LAPI stream is polled (> 0).
 	UpdateFrequency time.Duration

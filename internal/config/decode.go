@@ -13,7 +13,7 @@ import (
 var ErrInvalid = errors.New("invalid configuration")
 
 // ErrUnsupportedMode is wrapped by the *KeyError for a mode upstream has
-// (nftables, pf, dry-run) that cs-journal-bouncer does not implement yet.
+// (nftables, pf) that cs-journal-bouncer does not implement yet.
 var ErrUnsupportedMode = errors.New("mode not supported yet")
 
 // KeyError reports one bad or missing key. Its message names the key and

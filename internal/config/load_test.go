@@ -225,7 +225,7 @@ func TestExpansionInLoad(t *testing.T) {
 		{"unset api key is an error", []string{"MODE", "ipset", "HOST", "127.0.0.1", "PFX", "x"},
 			"api_key: refers to environment variable API_KEY, which is not set", "", nil},
 		{"unset mode names the variable", []string{"HOST", "127.0.0.1", "API_KEY", "k", "PFX", "x"},
-			`mode: "${MODE}" is not one of iptables, ipset, nftables (environment variable MODE is not set)`, "", nil},
+			`mode: "${MODE}" is not one of iptables, ipset, nftables, dry-run (environment variable MODE is not set)`, "", nil},
 		{"unset elsewhere is a warning", []string{"MODE", "ipset", "HOST", "127.0.0.1", "API_KEY", "k"}, "",
 			`deny_log_prefix: environment variable PFX is not set; "${PFX}" left as is`,
 			func(c *Config) bool { return c.DenyLogPrefix == "${PFX}" }},

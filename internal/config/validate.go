@@ -10,7 +10,7 @@ import (
 )
 
 // upstreamOnlyModes are upstream modes not implemented here yet.
-var upstreamOnlyModes = map[string]bool{"pf": true, "dry-run": true}
+var upstreamOnlyModes = map[string]bool{"pf": true}
 
 // build decodes and validates every key, recording errors in d, and
 // returns the Config (meaningful only when d.errs is empty) and warnings.
@@ -28,12 +28,12 @@ func buildLAPI(d *decoder, c *Config) {
 	c.Mode = d.str("mode", "")
 	switch {
 	case c.Mode == "":
-		d.errs = append(d.errs, &KeyError{Key: "mode", Msg: "is required (iptables, ipset or nftables)"})
+		d.errs = append(d.errs, &KeyError{Key: "mode", Msg: "is required (iptables, ipset, nftables or dry-run)"})
 	case upstreamOnlyModes[c.Mode]:
 		d.errs = append(d.errs, &KeyError{Key: "mode", err: ErrUnsupportedMode, Msg: fmt.Sprintf(
-			"mode %q is not supported yet by cs-journal-bouncer (supported: iptables, ipset, nftables)", c.Mode)})
+			"mode %q is not supported yet by cs-journal-bouncer (supported: iptables, ipset, nftables, dry-run)", c.Mode)})
 	default:
-		d.oneOf("mode", c.Mode, c.Mode, ModeIPTables, ModeIPSet, ModeNFTables)
+		d.oneOf("mode", c.Mode, c.Mode, ModeIPTables, ModeIPSet, ModeNFTables, ModeDryRun)
 	}
 
 	c.UpdateFrequency = d.duration("update_frequency", defaultUpdateFrequency)

@@ -45,8 +45,8 @@ func TestBadValues(t *testing.T) {
 	}{
 		{"deny_action", "DORP", `deny_action: "DORP" is not one of DROP, REJECT, TARPIT, LOG`},
 		{"deny_action", "dorp", `deny_action: "dorp" is not one of DROP, REJECT, TARPIT, LOG`},
-		{"mode", "iptabels", `mode: "iptabels" is not one of iptables, ipset, nftables`},
-		{"mode", `""`, `mode: is required (iptables, ipset or nftables)`},
+		{"mode", "iptabels", `mode: "iptabels" is not one of iptables, ipset, nftables, dry-run`},
+		{"mode", `""`, `mode: is required (iptables, ipset, nftables or dry-run)`},
 		{"update_frequency", "10", `update_frequency: 10 is not a duration (use a unit, e.g. 10s, 5m, 1h)`},
 		{"update_frequency", "ten", `update_frequency: "ten" is not a duration (use a unit, e.g. 10s, 5m, 1h)`},
 		{"update_frequency", "0s", `update_frequency: 0s must be positive`},
@@ -145,17 +145,21 @@ func TestAllErrorsAtOnce(t *testing.T) {
 }
 
 func TestUnsupportedModes(t *testing.T) {
-	for _, mode := range []string{"pf", "dry-run"} {
+	for _, mode := range []string{"pf"} {
 		t.Run(mode, func(t *testing.T) {
 			_, err := Load(writeConfig(t, render(map[string]string{"mode": mode}), ""), nil)
 			if !errors.Is(err, ErrUnsupportedMode) {
 				t.Fatalf("err = %v, want ErrUnsupportedMode", err)
 			}
-			want := fmt.Sprintf("mode %q is not supported yet by cs-journal-bouncer (supported: iptables, ipset, nftables)", mode)
+			want := fmt.Sprintf("mode %q is not supported yet by cs-journal-bouncer (supported: iptables, ipset, nftables, dry-run)", mode)
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("err = %v, want %q", err, want)
 			}
 		})
+	}
+	// dry-run, like upstream's, is accepted
+	if c, err := Load(writeConfig(t, render(map[string]string{"mode": "dry-run"}), ""), nil); err != nil || c.Config.Mode != ModeDryRun {
+		t.Errorf("mode dry-run: err %v", err)
 	}
 	// an unknown mode is a plain bad value, not "not supported yet"
 	_, err := Load(writeConfig(t, render(map[string]string{"mode": "tc"}), ""), nil)

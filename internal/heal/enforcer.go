@@ -50,6 +50,9 @@ type Config struct {
 	// RefreshMargin: long bans (beyond the backend's Limits().MaxTimeout) are re-added this
 	// long before their kernel timeout runs out (default 24h).
 	RefreshMargin time.Duration
+	// WakeGap: the least time between two event-driven passes; a burst of
+	// events in between becomes one pass (default 100ms).
+	WakeGap time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -65,6 +68,7 @@ func (c Config) withDefaults() Config {
 	def(&c.FightWindow, 10*time.Second)
 	def(&c.ExpireSlack, 2*time.Second)
 	def(&c.RefreshMargin, 24*time.Hour)
+	def(&c.WakeGap, defaultWakeGap)
 	if c.FreeRepairs <= 0 {
 		c.FreeRepairs = 3
 	}
@@ -91,6 +95,12 @@ type Deps struct {
 	// OnRepair, if set, is called after each successful repair (for the
 	// repair-duration histogram); it runs in the loop and must not block.
 	OnRepair func(kinds []string, took time.Duration, entries int)
+	// Wake delivers hints that our kernel objects changed (the nf_tables
+	// event monitor): a pass runs at once instead of at the next tick.
+	// Nil: none, the tick alone finds drift.
+	Wake <-chan backend.Change
+	// After arms the timer of a deferred wake (default time.After).
+	After func(d time.Duration) <-chan time.Time
 }
 
 // Enforcer is the single owner of the journal view and the backend.
@@ -103,6 +113,9 @@ type Enforcer struct {
 	slp  func(ctx context.Context, d time.Duration) error
 	tick <-chan time.Time
 	sync func(ctx context.Context) (journal.Batch, error)
+
+	wake  <-chan backend.Change
+	after func(d time.Duration) <-chan time.Time
 
 	reqs     chan *request
 	calls    chan call
@@ -129,6 +142,13 @@ type Enforcer struct {
 	kidx originIndex
 	// persist schedules writing the journal again after a failed write.
 	persist persistRetry
+	// cause is what started the pass now running (Cause*), for repairs.
+	cause string
+	// Event-driven passes: the hints not yet acted on, the last pass, and
+	// the timer of a deferred one (nil when none is armed).
+	wakePending backend.Change
+	lastWake    time.Time
+	wakeTimer   <-chan time.Time
 }
 
 // call runs a function inside the loop, serialized with batches and repairs.
@@ -158,6 +178,11 @@ func New(cfg Config, d Deps) *Enforcer {
 		calls:    make(chan call),
 		ensured:  map[int]bool{},
 		onRepair: d.OnRepair,
+		wake:     d.Wake,
+		after:    d.After,
+	}
+	if e.after == nil {
+		e.after = time.After
 	}
 	if e.now == nil {
 		e.now = time.Now
@@ -268,6 +293,8 @@ func (e *Enforcer) SetLAPI(reachable bool, at time.Time, full bool) {
 // Run.
 func (e *Enforcer) Boot(ctx context.Context) error {
 	start := e.now()
+	e.cause = CauseBoot
+	defer func() { e.cause = "" }()
 	n, err := e.ensureAndReplay(ctx)
 	if err != nil {
 		// Same ladder as any repair: retries with backoff, then LAPI, then exit.
@@ -318,6 +345,7 @@ func (e *Enforcer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case r := <-e.reqs:
+			e.cause = CauseApply
 			err := e.apply(ctx, r)
 			e.pending.Store(0)
 			r.done <- err
@@ -328,7 +356,17 @@ func (e *Enforcer) Run(ctx context.Context) error {
 			c.fn(ctx)
 			close(c.done)
 		case <-e.tick:
+			e.cause = CauseTick
 			if err := e.pass(ctx); err != nil {
+				return err
+			}
+		case c := <-e.wake:
+			if err := e.onWake(ctx, c); err != nil {
+				return err
+			}
+		case <-e.wakeTimer:
+			e.wakeTimer = nil
+			if err := e.wakePass(ctx); err != nil {
 				return err
 			}
 		}

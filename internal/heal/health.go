@@ -1,6 +1,7 @@
 package heal
 
 import (
+	"maps"
 	"sync"
 	"time"
 )
@@ -17,6 +18,7 @@ type Health struct {
 	LastRepairEntries   int
 	Repairs             int            // successful repairs since start
 	RepairsByKind       map[string]int // drift kind → repairs that fixed it
+	RepairsByCause      map[string]int // Cause* → repairs it started (members put back included)
 	ReplayFailures      int            // failed replay attempts since start
 	ConsecutiveFailures int            // failed replay attempts since the last success
 	BackingOff          bool           // drift keeps coming back: repairs are being delayed
@@ -50,5 +52,6 @@ func (b *healthBox) get() Health {
 	for k, v := range b.h.RepairsByKind {
 		h.RepairsByKind[k] = v
 	}
+	h.RepairsByCause = maps.Clone(b.h.RepairsByCause)
 	return h
 }

@@ -133,7 +133,7 @@ func (e *Enforcer) repaired(start time.Time, kinds, details []string, n, attempt
 			"repairs_in_a_row", e.fights+1, "next_repair_in", delay)
 	}
 	e.log.Warn("repaired drift", "drift", strings.Join(kinds, ","), "details", strings.Join(details, "; "),
-		"replayed", n, "attempts", attempts, "took", took.Round(time.Microsecond))
+		"replayed", n, "attempts", attempts, "took", took.Round(time.Microsecond), "cause", e.cause)
 	uniq := slices.Compact(slices.Sorted(slices.Values(kinds)))
 	if e.onRepair != nil {
 		e.onRepair(uniq, took, n)
@@ -147,6 +147,10 @@ func (e *Enforcer) repaired(start time.Time, kinds, details []string, n, attempt
 		for _, k := range uniq {
 			h.RepairsByKind[k]++
 		}
+		if h.RepairsByCause == nil {
+			h.RepairsByCause = map[string]int{}
+		}
+		h.RepairsByCause[e.cause]++
 		h.ConsecutiveFailures = 0
 		h.BackingOff = e.fights >= e.cfg.FreeRepairs
 		h.Enforcing = true

@@ -49,6 +49,9 @@ var (
 	descRepairs = prometheus.NewDesc(ns+"repairs_total",
 		"Successful repairs that fixed each kind of drift (chain, jump, rule, set, count, member, verify).",
 		[]string{"kind"}, nil)
+	descRepairsByCause = prometheus.NewDesc(ns+"repairs_by_cause_total",
+		"Successful repairs by what started them: tick (the periodic verify), event (a kernel change event), apply, boot.",
+		[]string{"cause"}, nil)
 	descVerifyDuration = prometheus.NewDesc(ns+"verify_duration_seconds",
 		"Duration of the last fast verify pass.", nil, nil)
 	descLastVerify = prometheus.NewDesc(ns+"last_verify_timestamp_seconds",
@@ -94,7 +97,7 @@ var (
 var allDescs = []*prometheus.Desc{
 	descBanned, descDroppedPackets, descDroppedBytes, descProcessedPackets, descProcessedBytes,
 	descLAPIRequests, descLAPIFailures,
-	descRepairs, descVerifyDuration, descLastVerify, descReplayFailures, descConsecutiveFailures,
+	descRepairs, descRepairsByCause, descVerifyDuration, descLastVerify, descReplayFailures, descConsecutiveFailures,
 	descDeepRepairs, descJournalSize, descJournalEvents, descJournalActive, descLastPull, descLastFull,
 	descRejected, descRecovered, descLAPIReachable, descBackingOff, descEnforcing, descPendingAge,
 	descKernelErrors, descJournalWriteFailures, descJournalDurable, descJournalRewrites,
@@ -131,6 +134,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		h := src.Health()
 		for _, k := range sortedKeys(h.RepairsByKind) {
 			counter(descRepairs, float64(h.RepairsByKind[k]), k)
+		}
+		for _, k := range sortedKeys(h.RepairsByCause) {
+			counter(descRepairsByCause, float64(h.RepairsByCause[k]), k)
 		}
 		gauge(descVerifyDuration, h.VerifyTook.Seconds())
 		gauge(descLastVerify, unixSeconds(h.LastVerify))

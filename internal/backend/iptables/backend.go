@@ -24,6 +24,7 @@ type Backend struct {
 	log    *slog.Logger
 	runner commandRunner
 	sock   *nlSocket
+	kids   *backend.Children // commands we ran, for NFTObjects
 
 	originNames map[int]string
 	origins     map[int]bool         // origins ensured (iptables mode)
@@ -51,10 +52,12 @@ func New(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	kids := &backend.Children{}
 	return &Backend{
 		cfg:         c,
 		log:         c.Logger.With("component", "backend", "mode", c.Mode),
-		runner:      execRunner{},
+		kids:        kids,
+		runner:      execRunner{kids: kids},
 		originNames: map[int]string{},
 		origins:     map[int]bool{},
 		sets:        map[string]setInfo{},

@@ -17,16 +17,26 @@ type commandRunner interface {
 	run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error)
 }
 
-type execRunner struct{}
+// execRunner runs real commands; kids, when set, records their pids so
+// that the nf_tables event monitor knows their commits were ours.
+type execRunner struct{ kids *backend.Children }
 
-func (execRunner) run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+func (r execRunner) run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	start := cmd.Start
+	if r.kids != nil {
+		start = func() error { return r.kids.Start(cmd) }
+	}
+	err := start()
+	if err == nil {
+		err = cmd.Wait()
+	}
+	if err != nil {
 		return stdout.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.Bytes(), nil

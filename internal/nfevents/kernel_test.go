@@ -1,0 +1,205 @@
+package nfevents
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/testenv"
+)
+
+// kernelRig runs a monitor in the test's namespace. Commands run through
+// own() are recorded as the backend's children; through admin() they are
+// someone else's.
+type kernelRig struct {
+	t    *testing.T
+	kids backend.Children
+	ch   chan backend.Change
+	n    int
+}
+
+func (r *kernelRig) run(own bool, args ...string) {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := cmd.Start
+	if own {
+		start = func() error { return r.kids.Start(cmd) }
+	}
+	err := start()
+	if err == nil {
+		err = cmd.Wait()
+	}
+	if err != nil {
+		r.t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out.String())
+	}
+}
+
+func (r *kernelRig) own(args ...string)   { r.run(true, args...) }
+func (r *kernelRig) admin(args ...string) { r.run(false, args...) }
+
+// until merges changes until cond holds; the kernel delivers events in
+// commit order, so whatever arrived before a marker is in the result.
+func (r *kernelRig) until(what string, cond func(backend.Change) bool) backend.Change {
+	r.t.Helper()
+	var got backend.Change
+	deadline := time.After(10 * time.Second)
+	for !cond(got) {
+		select {
+		case c := <-r.ch:
+			got.Merge(c)
+		case <-deadline:
+			r.t.Fatalf("no %s within 10s; got %+v", what, got)
+		}
+	}
+	return got
+}
+
+// marker deletes a chain of ours as someone else and waits for it: every
+// change published before it is then in the result.
+func (r *kernelRig) marker() backend.Change {
+	r.t.Helper()
+	r.n++
+	name := fmt.Sprintf("marker%d", r.n)
+	r.own("nft", "add", "chain", "ip", "cs", name)
+	r.admin("nft", "delete", "chain", "ip", "cs", name)
+	return r.until(name, func(c backend.Change) bool { return hasObject(c, "chain ip cs "+name) })
+}
+
+func hasObject(c backend.Change, sub string) bool {
+	return slices.ContainsFunc(c.Objects, func(s string) bool { return strings.Contains(s, sub) })
+}
+
+const setup = `
+table ip cs {
+	set s { type ipv4_addr; elements = { 192.0.2.10, 192.0.2.11 } }
+	set iv { type ipv4_addr; flags interval; elements = { 198.18.0.0/15, 203.0.113.0/24 } }
+	chain c { ip saddr @s drop; }
+}
+`
+
+func TestKernelEvents(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	r := &kernelRig{t: t, ch: make(chan backend.Change, 16)}
+	m, err := New(backend.NFTObjects{
+		Tables:   []backend.NFTTable{{Family: familyIPv4, Name: "cs"}},
+		Chains:   []backend.NFTChain{{Family: familyIPv4, Table: "filter", Chain: "CROWDSEC_CHAIN"}},
+		Hooks:    []backend.NFTChain{{Family: familyIPv4, Table: "filter", Chain: "INPUT"}},
+		OwnWrite: r.kids.Own,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx, r.ch) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run after cancel: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	}()
+	script := filepath.Join(t.TempDir(), "setup.nft")
+	if err := os.WriteFile(script, []byte(setup), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reset := func() {
+		r.own("nft", "flush", "ruleset")
+		r.own("nft", "-f", script)
+		r.own("iptables", "-N", "CROWDSEC_CHAIN")
+		r.own("iptables", "-A", "CROWDSEC_CHAIN", "-s", "192.0.2.1", "-j", "DROP")
+		r.own("iptables", "-A", "CROWDSEC_CHAIN", "-s", "192.0.2.2", "-j", "DROP")
+		r.own("iptables", "-I", "INPUT", "-j", "CROWDSEC_CHAIN")
+		r.own("iptables", "-A", "OUTPUT", "-d", "192.0.2.3", "-j", "DROP")
+	}
+	// The monitor may subscribe after the first commands: wait until it
+	// sees something.
+	r.own("nft", "add", "table", "ip", "cs")
+	eventuallySubscribed(t, r)
+
+	pfx := netip.MustParsePrefix
+	cases := []struct {
+		name  string
+		fault func()
+		want  func(backend.Change) bool
+	}{
+		{"jump deleted", func() { r.admin("iptables", "-D", "INPUT", "-j", "CROWDSEC_CHAIN") },
+			func(c backend.Change) bool { return hasObject(c, "rule in hook chain ip filter INPUT") }},
+		{"chain flushed", func() { r.admin("iptables", "-F", "CROWDSEC_CHAIN") },
+			func(c backend.Change) bool { return hasObject(c, "rule in ip filter CROWDSEC_CHAIN") }},
+		{"chain deleted", func() {
+			r.admin("sh", "-c", "iptables -D INPUT -j CROWDSEC_CHAIN && iptables -F CROWDSEC_CHAIN && iptables -X CROWDSEC_CHAIN")
+		}, func(c backend.Change) bool { return hasObject(c, "chain ip filter CROWDSEC_CHAIN") }},
+		{"nft flush ruleset", func() { r.admin("nft", "flush", "ruleset") },
+			func(c backend.Change) bool { return hasObject(c, "ip cs") && hasObject(c, "ip filter") }},
+		{"iptables-restore of an older table", func() {
+			r.admin("sh", "-c", "printf '*filter\\n:INPUT ACCEPT [0:0]\\nCOMMIT\\n' | iptables-restore")
+		}, func(c backend.Change) bool { return hasObject(c, "filter INPUT") || hasObject(c, "CROWDSEC_CHAIN") }},
+		{"set deleted", func() { r.admin("sh", "-c", "nft flush chain ip cs c && nft delete set ip cs s") },
+			func(c backend.Change) bool { return hasObject(c, "set ip cs s") }},
+		{"element deleted", func() { r.admin("nft", "delete", "element", "ip", "cs", "s", "{ 192.0.2.10 }") },
+			func(c backend.Change) bool { return slices.Contains(c.Elements["s"], pfx("192.0.2.10/32")) }},
+		{"interval element deleted", func() { r.admin("nft", "delete", "element", "ip", "cs", "iv", "{ 198.18.0.0/15 }") },
+			func(c backend.Change) bool { return slices.Contains(c.Elements["iv"], pfx("198.18.0.0/15")) }},
+	}
+	for _, c := range cases {
+		reset()
+		r.marker() // drains whatever reset caused (it caused nothing: own writes)
+		c.fault()
+		got := r.until(c.name, c.want)
+		t.Logf("%s: %+v", c.name, got)
+	}
+
+	// Own writes and others' noise publish nothing: the marker arrives
+	// alone.
+	reset()
+	r.marker()
+	r.own("iptables", "-D", "INPUT", "-j", "CROWDSEC_CHAIN")
+	r.own("iptables", "-F", "CROWDSEC_CHAIN")
+	r.own("nft", "delete", "element", "ip", "cs", "s", "{ 192.0.2.11 }")
+	r.admin("iptables", "-D", "OUTPUT", "-d", "192.0.2.3", "-j", "DROP")
+	r.admin("sh", "-c", "nft add table ip other && nft delete table ip other")
+	got := r.marker()
+	if len(got.Objects) != 1 || len(got.Elements) != 0 || got.Deep {
+		t.Fatalf("own writes or noise published a change: %+v", got)
+	}
+}
+
+// eventuallySubscribed deletes a marker until the monitor reports one: Run
+// subscribes in its own goroutine.
+func eventuallySubscribed(t *testing.T, r *kernelRig) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		r.own("nft", "add", "chain", "ip", "cs", "probe")
+		r.admin("nft", "delete", "chain", "ip", "cs", "probe")
+		select {
+		case c := <-r.ch:
+			if hasObject(c, "probe") {
+				return
+			}
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Fatal("monitor never reported an event")
+}
