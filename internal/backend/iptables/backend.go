@@ -54,7 +54,7 @@ func New(cfg Config) (*Backend, error) {
 	return &Backend{
 		cfg:         c,
 		log:         c.Logger.With("component", "backend", "mode", c.Mode),
-		runner:      execRunner{},
+		runner:      execRunner{log: c.Logger.With("component", "backend")},
 		originNames: map[int]string{},
 		origins:     map[int]bool{},
 		sets:        map[string]setInfo{},
