@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/config"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
@@ -81,7 +82,11 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err = run(ctx, res.Config, *verbose, stderr)
+	hup, stopHup := catchSignals(*cfgPath) // signals.go: SIGHUP and SIGPIPE never stop us
+	defer stopHup()
+	logw := newLogWriter(stderr) // a stalled log reader must not stall the daemon
+	err = run(ctx, res.Config, *verbose, logw, hup)
+	logw.Close(5 * time.Second)
 	switch {
 	case err == nil:
 		return 0

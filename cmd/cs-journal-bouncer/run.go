@@ -53,7 +53,7 @@ func newLogger(cfg *config.Config, verbose bool, stderr io.Writer) (*slog.Logger
 
 // run is the daemon: journal → enforce → LAPI → loop, until ctx ends or a
 // fatal error.
-func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer) (err error) {
+func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer, hup hangup) (err error) {
 	log, lc, err := newLogger(cfg, verbose, stderr)
 	if err != nil {
 		return err
@@ -92,6 +92,7 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	if err != nil {
 		return fmt.Errorf("backend: %w", err)
 	}
+	logInForce(log, cfg, be, j.Origins())
 	mon, wake := newMonitor(be, log)
 	client, err := lapi.NewClient(lapi.ClientConfig{
 		APIURL: cfg.APIURL, APIKey: cfg.APIKey,
@@ -177,6 +178,7 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		return nil
 	})
 	g.Go(func() error { return sdnotify.RunWatchdog(gctx, enf.Heartbeat, log) })
+	g.Go(func() error { return onHangup(gctx, hup, cfg, log) })
 	g.Go(func() error { return metrics.RunUsageMetrics(gctx, client.APIClient(), src, log) })
 	if cfg.Prometheus.Enabled {
 		addr := net.JoinHostPort(cfg.Prometheus.ListenAddr, strconv.Itoa(cfg.Prometheus.ListenPort))

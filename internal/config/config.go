@@ -140,7 +140,8 @@ type Config struct {
 	// chains: iptables_v4_chains/iptables_v6_chains when set, else
 	// IPTablesChains. Empty when the family is disabled.
 	IPTablesV4Chains, IPTablesV6Chains []string
-	// IPTablesAddRuleComments adds "-m comment" to our rules.
+	// IPTablesAddRuleComments adds "-m comment" ("CrowdSec: <origin>") to
+	// our rules; default true, as upstream ships it.
 	IPTablesAddRuleComments bool
 
 	// NFTables is the "nftables" section (mode nftables).

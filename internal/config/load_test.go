@@ -120,7 +120,7 @@ func TestDefaults(t *testing.T) {
 		LogMaxSize: 500, LogMaxBackups: 3, LogMaxAge: 30, LogCompression: true,
 		DenyAction: "DROP", DenyLogPrefix: "crowdsec drop: ",
 		BlacklistsIPv4: "crowdsec-blacklists", BlacklistsIPv6: "crowdsec6-blacklists",
-		IPSetType: IPSetHashNet, IPSetSize: 131072,
+		IPSetType: IPSetHashNet, IPSetSize: 131072, IPTablesAddRuleComments: true,
 		IPTablesChains: []string{"INPUT"}, IPTablesV4Chains: []string{"INPUT"}, IPTablesV6Chains: []string{"INPUT"},
 		NFTables: NFTablesConfig{
 			IPv4: NFTablesFamily{Enabled: true, Table: "crowdsec", Chain: "crowdsec-chain"},

@@ -194,7 +194,8 @@ func buildFirewall(d *decoder, c *Config) []string {
 		d.fail("ipset_size", c.IPSetSize, "%d must be positive", c.IPSetSize)
 	}
 	c.IPSetDisableTimeouts = d.boolean("ipset_disable_timeouts", false)
-	c.IPTablesAddRuleComments = d.boolean("iptables_add_rule_comments", false)
+	// Upstream ships this on, and its rules carry "CrowdSec: <origin>".
+	c.IPTablesAddRuleComments = d.boolean("iptables_add_rule_comments", true)
 	warns = append(warns, resolveChains(d, c)...)
 	buildNFTables(d, c)
 

@@ -57,7 +57,7 @@ func New(cfg Config) (*Backend, error) {
 		cfg:         c,
 		log:         c.Logger.With("component", "backend", "mode", c.Mode),
 		kids:        kids,
-		runner:      execRunner{kids: kids},
+		runner:      execRunner{log: c.Logger.With("component", "backend"), kids: kids},
 		originNames: map[int]string{},
 		origins:     map[int]bool{},
 		sets:        map[string]setInfo{},

@@ -127,13 +127,13 @@ func (b *Backend) originSetKey(name string) (backend.SetKey, bool) {
 }
 
 // parseCounters reads `iptables-save -c -t filter` output: the counters of
-// our deny rule per set name (in our chain), and the sum over our exact
+// each set's rule in our chain (every packet it matches is denied), and the sum over our exact
 // jump rules in the hooked chains of family v6.
 func (b *Backend) parseCounters(save string, v6 bool) (deny map[string]ruleCounter, jump ruleCounter) {
 	deny = map[string]ruleCounter{}
 	hooks := b.hooks(v6)
 	jr := b.jumpRule()
-	denyTarget := b.cfg.DenyAction
+	denyTarget := b.matchTarget()
 	inFilter := false
 	for line := range strings.Lines(save) {
 		line = strings.TrimSpace(line)
@@ -155,8 +155,9 @@ func (b *Backend) parseCounters(save string, v6 bool) (deny map[string]ruleCount
 		chain, rule := toks[1], toks[2:]
 		switch {
 		case chain == b.cfg.Chain:
-			// The deny rule is the one whose target is deny_action: with
-			// deny_log a LOG rule precedes it and must not count twice.
+			// A set's rule is the one with our match target (deny_action,
+			// or CROWDSEC_LOG with deny_log); an older layout's extra LOG
+			// rule in our chain must not count twice.
 			set, ok := matchSet(rule)
 			if ok && target(rule) == denyTarget {
 				prev := deny[set]

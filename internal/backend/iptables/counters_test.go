@@ -29,6 +29,9 @@ COMMIT
 [2:168] -A CROWDSEC_CHAIN -m set --match-set crowdsec-blacklists-0 src -m comment --comment "CrowdSec: origin a b" -j DROP
 [4:336] -A CROWDSEC_CHAIN -m set --match-set crowdsec-blacklists-1 src -j REJECT --reject-with icmp-port-unreachable
 [6:600] -A CROWDSEC_CHAIN -m set --match-set crowdsec-blacklists-1 src -j DROP
+[11:1100] -A CROWDSEC_CHAIN -m set --match-set crowdsec-blacklists-2 src -m comment --comment "CrowdSec: cscli" -j CROWDSEC_LOG
+[11:1100] -A CROWDSEC_LOG -j LOG --log-prefix "crowdsec: "
+[11:1100] -A CROWDSEC_LOG -j DROP
 [8:800] -A OTHER -m set --match-set crowdsec-blacklists-0 src -j DROP
 COMMIT
 `
@@ -40,12 +43,18 @@ COMMIT
 	}{
 		{
 			name: "drop, jumps from INPUT and FORWARD only",
-			cfg:  Config{Chains4: []string{"INPUT", "FORWARD"}, DenyLog: true},
+			cfg:  Config{Chains4: []string{"INPUT", "FORWARD"}},
 			wantDeny: map[string]ruleCounter{
 				"crowdsec-blacklists-0": {2, 168},
 				"crowdsec-blacklists-1": {6, 600},
 			},
 			wantJump: ruleCounter{10, 1000},
+		},
+		{
+			name:     "deny_log: the set's rule jumps to CROWDSEC_LOG",
+			cfg:      Config{Chains4: []string{"INPUT"}, DenyLog: true},
+			wantDeny: map[string]ruleCounter{"crowdsec-blacklists-2": {11, 1100}},
+			wantJump: ruleCounter{7, 700},
 		},
 		{
 			name:     "reject",
