@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build deb deps test test-unit test-package lint bench demo fuzz clean
+.PHONY: all build deb deps test test-unit lint bench demo fuzz clean
 
 all: build
 
@@ -42,7 +42,7 @@ fuzz:
 
 # Figures against references measured in the same run (never asserted).
 bench: deps build
-	$(GO) test -tags bench -count=1 -run 'Bench' -v ./internal/backend/iptables/ ./internal/metrics/ ./cmd/cs-journal-bouncer/ 2>&1 | grep -E 'bench|kernel_test|figure|---|^ok|FAIL'
+	$(GO) test -tags bench -count=1 -run 'Bench' -v ./internal/backend/iptables/ ./internal/backend/nftables/ ./internal/metrics/ ./cmd/cs-journal-bouncer/ 2>&1 | grep -E 'bench|kernel_test|figure|---|^ok|FAIL'
 	$(GO) test -run=^$$ -bench=. -benchmem ./internal/journal/ ./internal/lapi/
 
 demo: deps build
