@@ -228,8 +228,8 @@ func (m *machine) purge(registered string) {
 }
 
 // Debian's bouncer in the mode its postinst picked (nftables here) is
-// replaced by ours with its key; restart and reinstall leave no gap; purge
-// leaves nothing.
+// replaced by ours with its key, with no gap (migrate); restart and
+// reinstall leave no gap; purge leaves nothing.
 func TestPackageMigrateDefaultModeRestartReinstallPurge(t *testing.T) {
 	t.Parallel()
 	m := boot(t)
@@ -267,7 +267,7 @@ func TestPackageMigrateDefaultModeRestartReinstallPurge(t *testing.T) {
 }
 
 // Debian's bouncer in iptables mode (what its postinst picks on an
-// iptables-legacy host): migrated; a SIGSTOPped daemon is restarted by
+// iptables-legacy host): migrated with no gap; a SIGSTOPped daemon is restarted by
 // systemd's watchdog with the bans enforced throughout.
 func TestPackageMigrateIptablesWatchdog(t *testing.T) {
 	t.Parallel()
