@@ -64,8 +64,21 @@ echo "/etc/crowdsec/bouncers/$name.yaml" >"$root/DEBIAN/conffiles"
 
 install -m 0644 README.md "$root/usr/share/doc/$name/README.md"
 install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
+install -D -m 0755 packaging/deb/takeover "$root/usr/lib/$name/takeover"
 
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+# No Conflicts:/Breaks:/Replaces: on crowdsec-firewall-bouncer(-iptables,
+# -nftables), on purpose. With either relation, apt removes that package in
+# a dpkg run of its own before it unpacks ours (measured with apt 2.6:
+# "dpkg --remove crowdsec-firewall-bouncer", then "dpkg --unpack" of ours),
+# so its prerm stops it the usual way, it deletes its rules and sets on
+# SIGTERM, and the host is open until ours has started and pulled LAPI
+# (about 2 s measured). Nothing of ours can run before that prerm. Instead
+# postinst takes over: it stops the old bouncer with SIGKILL (its bans stay
+# in the kernel), disables it, starts ours, and removes the old rules and
+# sets once ours enforces every ban they hold (packaging/deb/takeover). The
+# two never run together; the old package stays installed, stopped and
+# disabled, until the administrator removes it, which then changes nothing.
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: $name
 Version: $version
@@ -74,8 +87,6 @@ Maintainer: cs-journal-bouncer developers <cs-journal-bouncer@users.noreply.gith
 Installed-Size: $size
 Depends: iptables | nftables, ipset | nftables
 Recommends: crowdsec
-Conflicts: crowdsec-firewall-bouncer, crowdsec-firewall-bouncer-iptables, crowdsec-firewall-bouncer-nftables
-Replaces: crowdsec-firewall-bouncer, crowdsec-firewall-bouncer-iptables, crowdsec-firewall-bouncer-nftables
 Provides: crowdsec-firewall-bouncer
 Section: net
 Priority: optional

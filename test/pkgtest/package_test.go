@@ -101,15 +101,27 @@ func (m *machine) migrate() {
 	out, err := m.installDeb("")
 	window := stop()
 	t.Logf("apt install ./%s over Debian's bouncer:\n%s", "cs-journal-bouncer.deb", out)
-	t.Logf("probe of %s during the migration (Debian's stops, ours starts; not asserted): %s", oldBan, window)
+	t.Logf("probe of %s during the migration (Debian's stops, ours starts): %s", oldBan, window)
 	if err != nil {
 		t.Fatalf("apt install: %v", err)
+	}
+	if window.checks < 3 || window.gaps > 0 || len(window.errs) > 0 {
+		t.Errorf("the migration lifted the ban: %s", window)
 	}
 	if got := m.active(unit); got != "active" {
 		t.Fatalf("%s is %s after install", unit, got)
 	}
 	if got := m.active(debUnit); got == "active" {
 		t.Fatalf("%s still active: two bouncers", debUnit)
+	}
+	if got, _ := m.sh("systemctl is-enabled " + debUnit); strings.TrimSpace(got) != "disabled" {
+		t.Errorf("%s is %q after install: a boot would start two bouncers", debUnit, strings.TrimSpace(got))
+	}
+	if !strings.Contains(out, "took over from "+debUnit) {
+		t.Errorf("the transcript does not say the old bouncer's rules were handed over")
+	}
+	if left := m.oldSets(); len(left) > 0 {
+		t.Errorf("Debian's sets left in the kernel after the takeover: %q", left)
 	}
 	if got := m.localValue(ourConf+".local", "api_key"); got != debKey || got == "" {
 		t.Errorf("our api_key is not Debian's (%d chars vs %d)", len(got), len(debKey))
@@ -140,6 +152,51 @@ func (m *machine) migrate() {
 		t.Errorf("bouncer %s last pulled as %q, want %q", debName, b["type"], unit)
 	}
 	t.Logf("cscli bouncers list: %s type=%v version=%v last_pull=%v", debName, b["type"], b["version"], b["last_pull"])
+
+	// Removing Debian's package, stopped and disabled, changes nothing.
+	stop = m.startProbe(oldBan, newBan)
+	purged, err := m.sh("apt-get purge -y -q " + debUnit + " 2>&1 | grep -v 'Reading database'")
+	p := stop()
+	t.Logf("apt-get purge %s:\n%s", debUnit, purged)
+	t.Logf("probe across the purge of Debian's package: %s", p)
+	if err != nil {
+		t.Fatalf("apt-get purge %s: %v", debUnit, err)
+	}
+	if p.checks < 3 || p.gaps > 0 || len(p.errs) > 0 {
+		t.Errorf("purging Debian's package lifted a ban: %s", p)
+	}
+	if got := m.active(unit); got != "active" {
+		t.Errorf("%s is %s after Debian's package was purged", unit, got)
+	}
+}
+
+// oldSets lists the sets of Debian's bouncer still in the kernel: ipsets
+// and nftables sets named exactly blacklists_ipv4/6 (ours add a suffix).
+func (m *machine) oldSets() []string {
+	m.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	old := map[string]bool{"crowdsec-blacklists": true, "crowdsec6-blacklists": true}
+	var left []string
+	out, err := m.netns(ctx, "ipset", "list", "-n")
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	for _, n := range strings.Fields(string(out)) {
+		if old[n] {
+			left = append(left, "ipset "+n)
+		}
+	}
+	out, err = m.netns(ctx, "nft", "list", "sets")
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "set" && old[f[1]] {
+			left = append(left, "nft set "+f[1])
+		}
+	}
+	return left
 }
 
 // purge removes the package and checks nothing of ours is left.
@@ -171,8 +228,8 @@ func (m *machine) purge(registered string) {
 }
 
 // Debian's bouncer in the mode its postinst picked (nftables here) is
-// replaced by ours with its key; restart and reinstall leave no gap; purge
-// leaves nothing.
+// replaced by ours with its key, with no gap (migrate); restart and
+// reinstall leave no gap; purge leaves nothing.
 func TestPackageMigrateDefaultModeRestartReinstallPurge(t *testing.T) {
 	t.Parallel()
 	m := boot(t)
@@ -210,7 +267,7 @@ func TestPackageMigrateDefaultModeRestartReinstallPurge(t *testing.T) {
 }
 
 // Debian's bouncer in iptables mode (what its postinst picks on an
-// iptables-legacy host): migrated; a SIGSTOPped daemon is restarted by
+// iptables-legacy host): migrated with no gap; a SIGSTOPped daemon is restarted by
 // systemd's watchdog with the bans enforced throughout.
 func TestPackageMigrateIptablesWatchdog(t *testing.T) {
 	t.Parallel()
