@@ -75,10 +75,10 @@ size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 # SIGTERM, and the host is open until ours has started and pulled LAPI
 # (about 2 s measured). Nothing of ours can run before that prerm. Instead
 # postinst takes over: it stops the old bouncer with SIGKILL (its bans stay
-# in the kernel), disables it, starts ours, and removes the old rules and
+# in the kernel), disables and masks it, starts ours, and removes the old rules and
 # sets once ours enforces every ban they hold (packaging/deb/takeover). The
 # two never run together; the old package stays installed, stopped and
-# disabled, until the administrator removes it, which then changes nothing.
+# masked, until the administrator removes it, which then changes nothing.
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: $name
 Version: $version
@@ -92,7 +92,7 @@ Section: net
 Priority: optional
 Homepage: https://github.com/cs-journal-bouncer/cs-journal-bouncer
 Description: CrowdSec firewall bouncer with an on-disk journal and self-heal
- Enforces CrowdSec LAPI decisions with iptables/ipset. Every batch of
+ Enforces CrowdSec LAPI decisions with nftables or iptables/ipset. Every batch of
  decisions is journaled to disk before the kernel sees it, enforced at boot
  before and without LAPI, and repaired in-process when another program
  flushes its rules or sets. Reads crowdsec-firewall-bouncer.yaml unchanged

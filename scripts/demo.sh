@@ -6,7 +6,7 @@
 #
 #   act 1  a ban added with cscli drops the banned peer, not the clean one
 #   act 2  LAPI stopped, bouncer restarted: the bans are enforced from the journal
-#   act 3  the firewall is wiped under the running bouncer, LAPI down: same PID, healed
+#   act 3  the firewall is wiped (tables restored empty, sets flushed) under the running bouncer, LAPI down: same PID, healed
 #   act 4  the same with LAPI up
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -98,9 +98,14 @@ info "log: $(grep -m1 -o 'msg="LAPI unreachable[^"]*"' "$work/bouncer.log" || ec
 heal_act() {
   local before after t0 ms
   before=$(grep -c "repaired drift" "$work/bouncer.log" || true)
-  info "wiping: iptables -F; iptables -X; ip6tables -F; ip6tables -X; ipset destroy"
+  # What a firewall reload does: the filter tables restored without our
+  # chain and jumps, and every set emptied (sets referenced by rules cannot
+  # be destroyed, and the bouncer puts its rules back within milliseconds).
+  info "wiping: iptables-restore and ip6tables-restore of an empty filter table; ipset flush"
   t0=$(date +%s%N)
-  iptables -F; iptables -X; ip6tables -F; ip6tables -X; ipset destroy
+  printf '*filter\nCOMMIT\n' | iptables-restore
+  printf '*filter\nCOMMIT\n' | ip6tables-restore
+  ipset flush
   info "right after the wipe: $(ping_from 192.0.2.10)"
   for _ in $(seq 100); do
     after=$(grep -c "repaired drift" "$work/bouncer.log" || true)
