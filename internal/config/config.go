@@ -208,12 +208,17 @@ const (
 	defaultHealInterval       = time.Second
 	// A member-by-member comparison costs ≈0.25 s at 100k entries
 	// (NOTES.md), too much for every second, cheap every five minutes.
-	defaultHealDeepInterval  = 5 * time.Minute
-	defaultHealMaxReplays    = 5
-	defaultHealBackoffInit   = time.Second
-	defaultHealBackoffMax    = time.Minute
-	defaultHealFightWindow   = 10 * time.Second
-	defaultHealFreeRepairs   = 3
+	defaultHealDeepInterval = 5 * time.Minute
+	defaultHealMaxReplays   = 5
+	defaultHealBackoffInit  = time.Second
+	defaultHealBackoffMax   = time.Minute
+	defaultHealFightWindow  = 10 * time.Second
+	defaultHealFreeRepairs  = 3
+	// Upper bounds of heal settings that could starve the systemd watchdog
+	// or keep a failing ladder going for hours.
+	maxHealInterval          = 10 * time.Second
+	maxHealReplays           = 10
+	maxHealBackoff           = 10 * time.Minute
 	defaultOnShutdown        = OnShutdownRemove
 	defaultLogFormat         = LogFormatText
 	defaultRetryInitConnect  = true

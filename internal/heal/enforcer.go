@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -91,6 +90,11 @@ type Deps struct {
 	// OnRepair, if set, is called after each successful repair (for the
 	// repair-duration histogram); it runs in the loop and must not block.
 	OnRepair func(kinds []string, took time.Duration, entries int)
+	// OnReject, if set, is called with how many entries the backend newly
+	// refused for one reason (decisions_rejected_total). Each entry is
+	// reported once while it stays in the view. It runs in the loop and
+	// must not block.
+	OnReject func(reason string, entries int)
 }
 
 // Enforcer is the single owner of the journal view and the backend.
@@ -108,6 +112,7 @@ type Enforcer struct {
 	calls    chan call
 	health   healthBox
 	onRepair func(kinds []string, took time.Duration, entries int)
+	onReject func(reason string, entries int)
 	// heartbeat is the wall time (UnixNano) of the loop's last iteration,
 	// for the systemd watchdog; pending is when the batch now waiting for
 	// the loop was handed over (0: none), for /health.
@@ -117,7 +122,6 @@ type Enforcer struct {
 	// Owned by the Run goroutine.
 	counts       expectedCounts
 	countsDirty  bool
-	nextExpiry   time.Time // earliest Until in the view; zero = nothing to expire
 	refreshDue   time.Time // when long bans must be re-added; zero = none
 	lastDeep     time.Time
 	lastRepair   time.Time
@@ -125,14 +129,18 @@ type Enforcer struct {
 	repairAfter  time.Time // anti-fight: no repair before this
 	lastFullPull time.Time // pull time of the last applied full batch
 	ensured      map[int]bool
+	// reported holds the entries whose rejection was already reported, so
+	// each is logged and counted once, not at every replay.
+	reported map[rejKey]string
 	// kidx maps an origin name to the origin index of its kernel set.
 	kidx originIndex
 }
 
 // call runs a function inside the loop, serialized with batches and repairs.
 type call struct {
-	fn   func(ctx context.Context)
-	done chan struct{}
+	fn     func(ctx context.Context)
+	caller context.Context
+	done   chan struct{}
 }
 
 type request struct {
@@ -156,6 +164,8 @@ func New(cfg Config, d Deps) *Enforcer {
 		calls:    make(chan call),
 		ensured:  map[int]bool{},
 		onRepair: d.OnRepair,
+		onReject: d.OnReject,
+		reported: map[rejKey]string{},
 	}
 	if e.now == nil {
 		e.now = time.Now
@@ -168,19 +178,34 @@ func New(cfg Config, d Deps) *Enforcer {
 		return e.be.SetKeyOf(o, false).Origin, true
 	}
 	if e.slp == nil {
-		e.slp = sleepCtx
+		e.slp = func(ctx context.Context, d time.Duration) error {
+			return sleepBeating(ctx, d, beatEvery, e.beat)
+		}
 	}
 	return e
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
+// beatEvery is how often a long wait inside the loop (the repair ladder's
+// backoff) feeds the watchdog and serves Do calls.
+const beatEvery = time.Second
+
+// sleepBeating waits d or until ctx ends, calling beat every step: a
+// backoff of a minute must not look like a wedged loop to the watchdog.
+func sleepBeating(ctx context.Context, d, step time.Duration, beat func(context.Context)) error {
+	t := time.NewTimer(min(d, step))
 	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
+	for left := d; ; {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		left -= min(left, step)
+		if left <= 0 {
+			return nil
+		}
+		beat(ctx)
+		t.Reset(min(left, step))
 	}
 }
 
@@ -204,20 +229,28 @@ func (e *Enforcer) PendingSince() time.Time {
 
 // Do runs fn inside the loop, serialized with batches and repairs, and waits
 // for it: the way for other goroutines (the admin socket, `check`) to read
-// the journal view and the kernel consistently.
+// the journal view and the kernel consistently. fn's context ends when
+// either ctx or the loop's context does; once fn has started, Do waits for
+// it to return, so fn may write the caller's variables without a race.
 func (e *Enforcer) Do(ctx context.Context, fn func(ctx context.Context)) error {
-	c := call{fn: fn, done: make(chan struct{})}
+	c := call{fn: fn, caller: ctx, done: make(chan struct{})}
 	select {
 	case e.calls <- c:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	select {
-	case <-c.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	<-c.done
+	return ctx.Err()
+}
+
+// run calls c.fn under a context that ends with the loop's or the caller's.
+func (c call) run(loop context.Context) {
+	defer close(c.done)
+	ctx, cancel := context.WithCancel(loop)
+	defer cancel()
+	stop := context.AfterFunc(c.caller, cancel)
+	defer stop()
+	c.fn(ctx)
 }
 
 // Check compares the kernel with the journal view once, fast and deep
@@ -322,8 +355,7 @@ func (e *Enforcer) Run(ctx context.Context) error {
 				return err
 			}
 		case c := <-e.calls:
-			c.fn(ctx)
-			close(c.done)
+			c.run(ctx)
 		case <-e.tick:
 			if err := e.pass(ctx); err != nil {
 				return err
@@ -468,55 +500,11 @@ func (e *Enforcer) pass(ctx context.Context) error {
 	return nil
 }
 
-// rebuildCounts recomputes the expected member counts and the next expiry.
+// rebuildCounts recomputes the expected member counts.
 func (e *Enforcer) rebuildCounts(now time.Time) {
 	es := activeEntries(e.j.View(), now, e.kidx)
-	e.counts = countEntries(es)
+	e.counts = countEntries(es, e.isRejected)
 	e.countsDirty = false
-	e.nextExpiry = time.Time{}
-	e.j.View().Each(func(d journal.Decision) bool {
-		if e.nextExpiry.IsZero() || d.Until.Before(e.nextExpiry) {
-			e.nextExpiry = d.Until
-		}
-		return true
-	})
+	e.forgetRejections()
 	e.health.update(func(h *Health) { h.ActiveEntries = e.j.View().Len() })
-}
-
-// expire drops expired decisions from the view and their entries from the
-// kernel. The kernel's own timeouts usually beat us to it; this covers
-// ipset_disable_timeouts and prefixes that fall back to a shorter decision.
-func (e *Enforcer) expire(ctx context.Context, now time.Time) error {
-	if e.countsDirty {
-		e.rebuildCounts(now)
-	}
-	if e.nextExpiry.IsZero() || now.Before(e.nextExpiry) {
-		return nil
-	}
-	v := e.j.View()
-	gone := v.Expire(now)
-	e.countsDirty = true
-	if len(gone) == 0 {
-		return nil
-	}
-	before := snapshot{}
-	ps := map[netip.Prefix]struct{}{}
-	for _, d := range gone {
-		ps[d.Prefix] = struct{}{}
-	}
-	for p := range ps {
-		ds := v.ForPrefix(p)
-		for _, d := range gone {
-			if d.Prefix == p {
-				ds = append(ds, d)
-			}
-		}
-		before[p] = entriesFor(ds, e.kidx)
-	}
-	d := diff(before, takeSnapshot(v, ps, e.kidx))
-	if err := e.kernelErr(e.be.Apply(ctx, d)); err != nil {
-		return e.repair(ctx, []string{"apply"}, []string{"expire: " + err.Error()})
-	}
-	e.log.Debug("expired", "decisions", len(gone), "deleted", len(d.Del))
-	return nil
 }

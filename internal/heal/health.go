@@ -25,6 +25,7 @@ type Health struct {
 	LastPull            time.Time
 	LastFullResync      time.Time
 	ActiveEntries       int
+	RejectedEntries     int  // entries in the view the backend refuses (reported once each)
 	Enforcing           bool // the journal or LAPI state has reached the kernel at least once
 }
 
