@@ -300,6 +300,9 @@ func (e *Enforcer) SetLAPI(reachable bool, at time.Time, full bool) {
 func (e *Enforcer) Boot(ctx context.Context) error {
 	start := e.now()
 	n, err := e.ensureAndReplay(ctx)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
 	if err != nil {
 		// Same ladder as any repair: retries with backoff, then LAPI, then exit.
 		e.log.Error("enforcing the journal at boot failed, retrying", "err", err)
@@ -398,6 +401,9 @@ func (e *Enforcer) apply(ctx context.Context, r *request) error {
 	if err == nil {
 		err = e.kernelErr(e.be.Apply(ctx, d))
 	}
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err() // shutting down mid-write: the journal has the batch
+	}
 	if err != nil {
 		// The kernel state is now unknown: only a full replay is safe.
 		e.log.Error("apply batch failed, replaying", "err", err)
@@ -418,6 +424,9 @@ func (e *Enforcer) applyFull(ctx context.Context, b journal.Batch, pulledAt time
 	}
 	e.lastFullPull = pulledAt
 	n, err := e.ensureAndReplay(ctx)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
 	if err != nil {
 		e.log.Error("replay of full set failed", "err", err)
 		return e.repair(ctx, []string{"apply"}, []string{err.Error()})

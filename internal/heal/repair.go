@@ -50,6 +50,9 @@ func (e *Enforcer) repair(ctx context.Context, kinds, details []string) error {
 			e.repaired(start, kinds, details, n, attempt)
 			return nil
 		}
+		if ctx.Err() != nil {
+			return ctx.Err() // shutting down: not a failure to report
+		}
 		lastErr = err
 		e.failed(err, attempt)
 		if attempt == e.cfg.MaxReplayAttempts {

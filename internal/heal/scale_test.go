@@ -2,8 +2,11 @@ package heal
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -266,5 +269,23 @@ func TestSleepBeating(t *testing.T) {
 	cancel()
 	if err := sleepBeating(ctx, time.Hour, time.Second, func(context.Context) {}); err == nil {
 		t.Fatal("a cancelled sleep returned nil")
+	}
+}
+
+// A stop during a replay is a shutdown, not a replay failure: no ERROR,
+// no ladder, and Run returns the context's error.
+func TestCancelDuringReplayIsNotAFailure(t *testing.T) {
+	r := newRig(t, Config{MaxReplayAttempts: 3}, journal.Batch{New: []journal.Decision{ban("192.0.2.10/32", "crowdsec", time.Hour)}})
+	var logs strings.Builder
+	r.enf.log = slog.New(slog.NewTextHandler(&logs, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r.be.FailNext("Replay", 1)
+	err := r.enf.Boot(ctx)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Boot under a cancelled context = %v, want context.Canceled", err)
+	}
+	if strings.Contains(logs.String(), "level=ERROR") || r.enf.Health().ReplayFailures != 0 || len(r.sleeps) != 0 {
+		t.Fatalf("cancellation reported as a failure:\n%s", logs.String())
 	}
 }

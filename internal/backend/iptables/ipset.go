@@ -19,6 +19,7 @@ const (
 	ipsetCmdCreate  = 2
 	ipsetCmdDestroy = 3
 	ipsetCmdFlush   = 4
+	ipsetCmdRename  = 5
 	ipsetCmdSwap    = 6
 	ipsetCmdList    = 7
 	ipsetCmdAdd     = 9
@@ -170,6 +171,9 @@ func (s *nlSocket) roundTrip(ctx context.Context, m *msgBuilder) ([]nlMessage, *
 	}
 	var out []nlMessage
 	for {
+		if err := s.wait(ctx); err != nil {
+			return nil, nil, err
+		}
 		n, _, rflags, _, err := unix.Recvmsg(s.fd, s.buf, nil, 0)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
@@ -206,6 +210,33 @@ func (s *nlSocket) roundTrip(ctx context.Context, m *msgBuilder) ([]nlMessage, *
 				msg.payload = append([]byte(nil), msg.payload...)
 				out = append(out, msg)
 			}
+		}
+	}
+}
+
+// pollStep bounds one wait for a netlink reply, so a cancelled context is
+// noticed within it even when the kernel never answers.
+const pollStep = 100 * time.Millisecond
+
+// wait blocks until a reply is readable or ctx ends. The kernel may still
+// answer an abandoned request later: roundTrip skips replies by sequence
+// number.
+func (s *nlSocket) wait(ctx context.Context) error {
+	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}}
+	for {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("netlink receive: %w", err)
+		}
+		step := pollStep
+		if dl, ok := ctx.Deadline(); ok {
+			step = min(step, max(time.Until(dl), time.Millisecond))
+		}
+		n, err := unix.Poll(fds, int(step/time.Millisecond))
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("netlink poll: %w", err)
+		}
+		if n > 0 {
+			return nil
 		}
 	}
 }
@@ -332,6 +363,15 @@ func retryBusy(ctx context.Context, op func() error) error {
 		}
 		wait = min(2*wait, 5*time.Millisecond)
 	}
+}
+
+// rename gives set from the name to; the kernel refuses while a rule
+// references the set.
+func (s *nlSocket) rename(ctx context.Context, from, to string) error {
+	m := ipsetMsg(ipsetCmdRename, flagsAck, from)
+	m.str(attrSetName2, to)
+	_, err := s.do(ctx, "rename", from+" "+to, m)
+	return err
 }
 
 func (s *nlSocket) flush(ctx context.Context, name string) error {
@@ -472,21 +512,34 @@ func (s *nlSocket) listNames(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
-// members dumps every member of a set. It is slow at 100k (NOTES ≈0.25 s):
+// members dumps every member of a set. It is slow at 100k (≈0.25 s):
 // deep verify only.
 func (s *nlSocket) members(ctx context.Context, name string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	err := s.dump(ctx, name, func(e kEntry) { out = append(out, e.prefix) })
+	return out, err
+}
+
+// entries dumps every member of a set with its remaining timeout, to copy
+// the set into a larger one.
+func (s *nlSocket) entries(ctx context.Context, name string) ([]kEntry, error) {
+	var out []kEntry
+	err := s.dump(ctx, name, func(e kEntry) { out = append(out, e) })
+	return out, err
+}
+
+func (s *nlSocket) dump(ctx context.Context, name string, fn func(kEntry)) error {
 	msgs, err := s.do(ctx, "list", name, ipsetMsg(ipsetCmdList, flagsDump, name))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var out []netip.Prefix
 	for _, msg := range msgs {
 		if len(msg.payload) < nfgenHdrLen {
 			continue
 		}
 		attrs, err := parseAttrs(msg.payload[nfgenHdrLen:])
 		if err != nil {
-			return nil, fmt.Errorf("ipset list %s: %w", name, err)
+			return fmt.Errorf("ipset list %s: %w", name, err)
 		}
 		for _, a := range attrs {
 			if a.kind() != attrADT {
@@ -494,34 +547,41 @@ func (s *nlSocket) members(ctx context.Context, name string) ([]netip.Prefix, er
 			}
 			entries, err := parseAttrs(a.data)
 			if err != nil {
-				return nil, fmt.Errorf("ipset list %s: %w", name, err)
+				return fmt.Errorf("ipset list %s: %w", name, err)
 			}
 			for _, e := range entries {
-				p, err := parseEntry(e.data)
+				ke, err := parseKEntry(e.data)
 				if err != nil {
-					return nil, fmt.Errorf("ipset list %s: %w", name, err)
+					return fmt.Errorf("ipset list %s: %w", name, err)
 				}
-				out = append(out, p)
+				fn(ke)
 			}
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // parseEntry decodes one IPSET_ATTR_DATA nest (ADT entry) into a prefix.
 func parseEntry(b []byte) (netip.Prefix, error) {
+	e, err := parseKEntry(b)
+	return e.prefix, err
+}
+
+// parseKEntry decodes one ADT entry: prefix and remaining timeout.
+func parseKEntry(b []byte) (kEntry, error) {
 	attrs, err := parseAttrs(b)
 	if err != nil {
-		return netip.Prefix{}, err
+		return kEntry{}, err
 	}
 	var addr netip.Addr
+	var timeout uint32
 	cidr := -1
 	for _, a := range attrs {
 		switch a.kind() {
 		case cadtIP:
 			ips, err := parseAttrs(a.data)
 			if err != nil {
-				return netip.Prefix{}, err
+				return kEntry{}, err
 			}
 			for _, ip := range ips {
 				if a, ok := netip.AddrFromSlice(ip.data); ok {
@@ -532,21 +592,27 @@ func parseEntry(b []byte) (netip.Prefix, error) {
 			if len(a.data) > 0 {
 				cidr = int(a.data[0])
 			}
+		case cadtTimeout:
+			if len(a.data) == 4 {
+				timeout = binary.BigEndian.Uint32(a.data)
+			}
 		}
 	}
 	if !addr.IsValid() {
-		return netip.Prefix{}, errors.New("ipset entry without an address")
+		return kEntry{}, errors.New("ipset entry without an address")
 	}
 	if cidr < 0 {
 		cidr = addr.BitLen()
 	}
-	return addr.Prefix(cidr)
+	p, err := addr.Prefix(cidr)
+	return kEntry{prefix: p, timeout: timeout}, err
 }
 
 // kEntry is one validated entry ready for the wire.
 type kEntry struct {
 	prefix  netip.Prefix
 	timeout uint32 // seconds; used only when the set has timeouts
+	origin  int    // the entry's origin index, to report a rejection
 }
 
 // buildADT builds one ADD/DEL message for entries[first:], stopping at

@@ -472,15 +472,7 @@ func TestKernelReplay100k(t *testing.T) {
 			t.Fatalf("Verify at 100k = %+v, %v", d, err)
 		}
 	}
-	small, _ := newKernelBackend(t, Config{Mode: "ipset", SetName4: "small4", DisableIPv6: true, MaxElem: 50000})
-	err := small.Replay(ctx, entries[:60000])
-	if !errors.Is(err, ErrSetFull) {
-		t.Fatalf("Replay beyond maxelem = %v, want ErrSetFull", err)
-	}
-	if !strings.Contains(sh(t, "ipset list -t small4"), "Number of entries: 50000") {
-		t.Fatal("set does not hold maxelem entries")
-	}
-	sh(t, "ipset destroy small4")
+	sh(t, "ipset destroy small4 2>/dev/null || true")
 }
 
 // Another process listing our sets (monitoring, an admin's `ipset list`)
