@@ -117,7 +117,11 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 			if m != nil {
 				m.ObserveRepair(kinds, took, n)
 			}
-		}})
+		},
+		// Entries the kernel refuses count in the same
+		// decisions_rejected_total as decisions normalization refuses.
+		OnReject: func(reason string, n int) { p.rejected.addN(reason, n) },
+	})
 	p.enf = enf
 	var recovered uint64
 	if j.Recovered() != "" {

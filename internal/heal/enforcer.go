@@ -280,10 +280,18 @@ func (e *Enforcer) CheckOffline(ctx context.Context) (backend.Drift, error) {
 // Health returns a snapshot of the loop's state; safe from any goroutine.
 func (e *Enforcer) Health() Health { return e.health.get() }
 
+// SetLAPIUnauthorized records a pull LAPI refused because of our
+// credentials (HTTP 401/403): LAPI answers, but not to us. Safe from any
+// goroutine; the next successful pull clears it.
+func (e *Enforcer) SetLAPIUnauthorized() {
+	e.health.update(func(h *Health) { h.LAPIReachable, h.LAPIUnauthorized = false, true })
+}
+
 // SetLAPI records the outcome of a LAPI pull; safe from any goroutine.
 func (e *Enforcer) SetLAPI(reachable bool, at time.Time, full bool) {
 	e.health.update(func(h *Health) {
 		h.LAPIReachable = reachable
+		h.LAPIUnauthorized = false
 		if reachable {
 			h.LastPull = at
 			if full {
