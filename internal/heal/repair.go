@@ -24,14 +24,22 @@ func (e *Enforcer) ensureAndReplay(ctx context.Context) (int, error) {
 	}
 	e.forgetRejections()
 	es := activeEntries(e.j.View(), now, e.kidx)
-	if err := e.kernelErr(e.be.Replay(ctx, es)); err != nil {
-		return 0, fmt.Errorf("replay %d entries: %w", len(es), err)
-	}
-	e.counts = countEntries(es, e.isRejected)
-	e.countsDirty = false
+	// Everything derived from es is computed before the replay, so the
+	// backend holds the only reference while it fills the kernel and can
+	// let the 64 MB of a million entries go once it has grouped them.
+	n := len(es)
+	counts := countEntries(es, func(backend.Entry) bool { return false })
 	e.refreshDue = time.Time{}
 	e.noteLongBans(es)
-	return len(es), nil
+	rejected, err := backend.Rejected(e.be.Replay(ctx, es))
+	e.reportRejections(rejected)
+	if err != nil {
+		return 0, fmt.Errorf("replay %d entries: %w", n, err)
+	}
+	counts.drop(rejected)
+	e.counts = counts
+	e.countsDirty = false
+	return n, nil
 }
 
 // repair climbs the ladder: Ensure + Replay, retried with backoff; then a full

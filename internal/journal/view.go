@@ -334,6 +334,15 @@ func (v *View) NextExpiry() time.Time {
 	return msTime(v.minUntil)
 }
 
+// OnePerPrefix reports whether no prefix can hold more than one decision
+// (a single scope and type was ever seen): a caller building the kernel
+// state can then skip ForPrefix for each decision.
+func (v *View) OnePerPrefix() bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.combos) <= 1
+}
+
 // Each calls fn for every decision, expired or not, in no particular order,
 // until fn returns false. fn must not call Expire or Journal.Append.
 func (v *View) Each(fn func(Decision) bool) {

@@ -349,6 +349,8 @@ func (g *grouped) add(name string, k backend.SetKey, e kEntry) {
 // are dropped when dropExpired (adds), kept for deletes.
 func (b *Backend) group(entries []backend.Entry, now time.Time, dropExpired bool) *grouped {
 	g := &grouped{keys: map[string]backend.SetKey{}, entries: map[string][]kEntry{}}
+	// A million entries share a few sets: name each set once, not per entry.
+	names := map[backend.SetKey]string{}
 	for _, e := range entries {
 		if reason, err := b.check(e); err != nil {
 			g.invalid = append(g.invalid, backend.Rejection{Entry: e, Reason: reason, Err: err})
@@ -359,7 +361,11 @@ func (b *Backend) group(entries []backend.Entry, now time.Time, dropExpired bool
 			continue
 		}
 		k := b.SetKeyOf(e.Origin, e.Prefix.Addr().Is6())
-		name := b.setName(k)
+		name, ok := names[k]
+		if !ok {
+			name = b.setName(k)
+			names[k] = name
+		}
 		if what, ok := b.mismatch[name]; ok {
 			g.invalid = append(g.invalid, backend.Rejection{Entry: e, Reason: "set_mismatch", Err: fmt.Errorf("%w: %s", ErrMismatchRejected, what)})
 			continue
