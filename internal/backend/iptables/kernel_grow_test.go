@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
@@ -88,5 +89,34 @@ func TestKernelWrongTypeSet(t *testing.T) {
 	}
 	if err := b.Replay(ctx, []backend.Entry{entry("192.0.2.2/32", 1, time.Hour)}); err != nil {
 		t.Fatalf("Replay after the fix = %v", err)
+	}
+}
+
+// A stop (SIGTERM) in the middle of a replay's fill leaves no temporary set
+// behind: it is removed under a context of its own.
+func TestKernelReplayCancelledLeavesNoTemp(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	b, _ := newKernelBackend(t, Config{Mode: "ipset", SetName4: "cancel4", DisableIPv6: true})
+	sh(t, "ipset create cancel4 hash:net timeout 0")
+	entries := v4Entries(100000, time.Hour)
+	if err := b.Replay(t.Context(), entries[:10]); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(5*time.Millisecond, cancel)
+	err := b.Replay(ctx, entries)
+	if err == nil {
+		t.Fatal("the fill of 100k finished within 5 ms: the cancellation was never exercised")
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled Replay = %v, want context.Canceled", err)
+	}
+	if names := sh(t, "ipset list -n"); strings.Contains(names, "cancel4-t") {
+		t.Fatalf("temporary set left behind after a cancelled replay:\n%s", names)
+	}
+	if got := sh(t, "ipset list -t cancel4"); !strings.Contains(got, "Number of entries: 10") {
+		t.Fatalf("the live set changed under a cancelled replay:\n%s", got)
 	}
 }
