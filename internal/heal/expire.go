@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 )
 
@@ -34,7 +35,7 @@ func (e *Enforcer) expire(ctx context.Context, now time.Time) error {
 		}
 		e.countsDirty = true
 		decisions += len(gone)
-		d := diff(e.expiredSnapshot(v, gone), takeSnapshot(v, prefixesOf(gone), e.kidx))
+		d := e.expiredDelta(v, gone)
 		deleted += len(d.Del)
 		if !d.Empty() {
 			if err := e.kernelErr(e.be.Apply(ctx, d)); err != nil {
@@ -50,6 +51,24 @@ func (e *Enforcer) expire(ctx context.Context, now time.Time) error {
 		e.log.Debug("expired", "decisions", decisions, "deleted", deleted, "took", time.Since(start).Round(time.Microsecond))
 	}
 	return nil
+}
+
+// expiredDelta is what the kernel must lose (or have shortened) for the
+// decisions of gone. When the view holds one scope and type (a blocklist),
+// no other decision can share a gone decision's prefix: each one's entry
+// simply goes, without snapshots or a diff.
+func (e *Enforcer) expiredDelta(v *journal.View, gone []journal.Decision) backend.Delta {
+	if !v.OnePerPrefix() {
+		return diff(e.expiredSnapshot(v, gone), takeSnapshot(v, prefixesOf(gone), e.kidx))
+	}
+	idx := memoIndex(e.kidx)
+	d := backend.Delta{Del: make([]backend.Entry, 0, len(gone))}
+	for _, g := range gone {
+		if o, ok := idx(g.Origin); ok {
+			d.Del = append(d.Del, backend.Entry{Prefix: g.Prefix, Origin: o, Until: g.Until})
+		}
+	}
+	return d
 }
 
 // expiredSnapshot is what the kernel held for the prefixes of gone before

@@ -338,7 +338,7 @@ type grouped struct {
 }
 
 func (g *grouped) add(name string, k backend.SetKey, e kEntry) {
-	if _, ok := g.entries[name]; !ok {
+	if _, ok := g.keys[name]; !ok {
 		g.order = append(g.order, name)
 		g.keys[name] = k
 	}
@@ -349,8 +349,21 @@ func (g *grouped) add(name string, k backend.SetKey, e kEntry) {
 // are dropped when dropExpired (adds), kept for deletes.
 func (b *Backend) group(entries []backend.Entry, now time.Time, dropExpired bool) *grouped {
 	g := &grouped{keys: map[string]backend.SetKey{}, entries: map[string][]kEntry{}}
-	// A million entries share a few sets: name each set once, not per entry.
+	// A million entries share a few sets: name each set once, not per entry,
+	// and size each set's slice once (growing it by appends would allocate
+	// several times its final size).
 	names := map[backend.SetKey]string{}
+	sizes := map[backend.SetKey]int{}
+	for _, e := range entries {
+		if e.Prefix.IsValid() {
+			sizes[b.SetKeyOf(e.Origin, e.Prefix.Addr().Is6())]++
+		}
+	}
+	for k, n := range sizes {
+		name := b.setName(k)
+		names[k] = name
+		g.entries[name] = make([]kEntry, 0, n)
+	}
 	for _, e := range entries {
 		if reason, err := b.check(e); err != nil {
 			g.invalid = append(g.invalid, backend.Rejection{Entry: e, Reason: reason, Err: err})

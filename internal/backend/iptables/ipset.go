@@ -243,7 +243,12 @@ func (s *nlSocket) wait(ctx context.Context) error {
 
 // ipsetMsg starts an ipset request for cmd on set name (if any).
 func ipsetMsg(cmd uint16, flags uint16, name string) *msgBuilder {
-	m := newMsg(nfnlSubsysIPSet<<8|cmd, flags, unix.AF_INET)
+	return ipsetMsgIn(make([]byte, 0, 256), cmd, flags, name)
+}
+
+// ipsetMsgIn is ipsetMsg reusing buf's storage (see newMsgIn).
+func ipsetMsgIn(buf []byte, cmd uint16, flags uint16, name string) *msgBuilder {
+	m := newMsgIn(buf, nfnlSubsysIPSet<<8|cmd, flags, unix.AF_INET)
 	m.u8(attrProtocol, ipsetProtocol)
 	if name != "" {
 		m.str(attrSetName, name)
@@ -620,9 +625,14 @@ type kEntry struct {
 // it holds. withCIDR is false for hash:ip, withTimeout only for ADD to a set
 // with timeout support.
 func buildADT(cmd uint16, name string, entries []kEntry, withCIDR, withTimeout bool) (*msgBuilder, int) {
+	return buildADTIn(make([]byte, 0, 4096), cmd, name, entries, withCIDR, withTimeout)
+}
+
+// buildADTIn is buildADT writing into buf's storage.
+func buildADTIn(buf []byte, cmd uint16, name string, entries []kEntry, withCIDR, withTimeout bool) (*msgBuilder, int) {
 	// No NLM_F_EXCL: add of a present entry updates it, del of an absent
 	// one is ignored (ipset -exist semantics), so repeats converge.
-	m := ipsetMsg(cmd, flagsAck, name)
+	m := ipsetMsgIn(buf, cmd, flagsAck, name)
 	m.u32host(attrLineNo, 0) // asks the kernel to report the failing entry
 	m.begin(attrADT)
 	start := m.size()
@@ -660,8 +670,12 @@ func (s *nlSocket) adt(ctx context.Context, cmd uint16, name string, entries []k
 	if cmd == ipsetCmdDel {
 		op = "del"
 	}
+	// One buffer for every batch: each message is sent and acknowledged
+	// before the next is built.
+	buf := make([]byte, 0, batchBytes+4096)
 	for done := 0; done < len(entries); {
-		m, n := buildADT(cmd, name, entries[done:], withCIDR, withTimeout)
+		m, n := buildADTIn(buf, cmd, name, entries[done:], withCIDR, withTimeout)
+		buf = m.b
 		if _, err := s.do(ctx, op, name, m); err != nil {
 			var ke *KernelError
 			if errors.As(err, &ke) && ke.Line > 0 {
