@@ -154,3 +154,35 @@ func TestE2ERejectedRangeAndSetGrowth(t *testing.T) {
 		b.stop(t)
 	}
 }
+
+// SIGTERM while the boot replay of 100k journaled bans runs: a clean exit
+// (0), no ERROR, and no temporary set left in the kernel.
+func TestE2ESigtermDuringBootReplay(t *testing.T) {
+	if !e2eSetup(t) {
+		return
+	}
+	const n = 100_000
+	l := testenv.StartLAPI(t)
+	importBans(t, l, n, "4h")
+	cfg := writeConfig(t, l, bouncerOpts{OnShutdown: "keep"})
+	b := startBouncer(t, cfg)
+	b.waitLog(t, fmt.Sprintf("new=%d", n), 60*time.Second)
+	b.stop(t)
+	l.Stop(t) // boots enforce from the journal alone
+	for i, delay := range []time.Duration{0, 20, 50, 80, 120, 160, 200, 300} {
+		b := launch(t, cfg)
+		b.waitLog(t, "msg=starting", 10*time.Second)
+		time.Sleep(delay * time.Millisecond) // lands the signal at another point of the boot
+		b.stop(t)                            // exit 0, or the test fails
+		out := b.out.String()
+		if strings.Contains(out, "level=ERROR") {
+			t.Fatalf("run %d (SIGTERM +%dms): ERROR logged:\n%s", i, delay, tail(out, 20))
+		}
+		if names := sh(t, "ipset", "list", "-n"); strings.Contains(names, "-t\n") {
+			t.Fatalf("run %d (SIGTERM +%dms): temporary set left:\n%s", i, delay, names)
+		}
+	}
+	if got := len(kernelMembers(t)); got != n {
+		t.Fatalf("after the interrupted boots the kernel holds %d of %d bans", got, n)
+	}
+}
