@@ -519,9 +519,8 @@ func (e *Enforcer) pass(ctx context.Context) error {
 
 // rebuildCounts recomputes the expected member counts.
 func (e *Enforcer) rebuildCounts(now time.Time) {
-	es := activeEntries(e.j.View(), now, e.kidx)
-	e.counts = countEntries(es, e.isRejected)
-	e.countsDirty = false
 	e.forgetRejections()
+	e.counts = countView(e.j.View(), now, e.kidx, e.isRejected)
+	e.countsDirty = false
 	e.health.update(func(h *Health) { h.ActiveEntries = e.j.View().Len() })
 }

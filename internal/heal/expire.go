@@ -33,9 +33,14 @@ func (e *Enforcer) expire(ctx context.Context, now time.Time) error {
 		if len(gone) == 0 {
 			break
 		}
-		e.countsDirty = true
 		decisions += len(gone)
-		d := e.expiredDelta(v, gone)
+		d, shortened := e.expiredDelta(v, gone)
+		if shortened {
+			// A prefix fell back to a shorter decision: its expected
+			// expiry changed. Plain removals need no recount: the
+			// expected counts already leave out what has expired.
+			e.countsDirty = true
+		}
 		deleted += len(d.Del)
 		if !d.Empty() {
 			if err := e.kernelErr(e.be.Apply(ctx, d)); err != nil {
@@ -48,6 +53,9 @@ func (e *Enforcer) expire(ctx context.Context, now time.Time) error {
 		e.beat(ctx)
 	}
 	if decisions > 0 {
+		e.forgetRejections()
+		active := v.Len()
+		e.health.update(func(h *Health) { h.ActiveEntries = active })
 		e.log.Debug("expired", "decisions", decisions, "deleted", deleted, "took", time.Since(start).Round(time.Microsecond))
 	}
 	return nil
@@ -57,18 +65,19 @@ func (e *Enforcer) expire(ctx context.Context, now time.Time) error {
 // decisions of gone. When the view holds one scope and type (a blocklist),
 // no other decision can share a gone decision's prefix: each one's entry
 // simply goes, without snapshots or a diff.
-func (e *Enforcer) expiredDelta(v *journal.View, gone []journal.Decision) backend.Delta {
+func (e *Enforcer) expiredDelta(v *journal.View, gone []journal.Decision) (d backend.Delta, shortened bool) {
 	if !v.OnePerPrefix() {
-		return diff(e.expiredSnapshot(v, gone), takeSnapshot(v, prefixesOf(gone), e.kidx))
+		d = diff(e.expiredSnapshot(v, gone), takeSnapshot(v, prefixesOf(gone), e.kidx))
+		return d, len(d.Add) > 0
 	}
 	idx := memoIndex(e.kidx)
-	d := backend.Delta{Del: make([]backend.Entry, 0, len(gone))}
+	d.Del = make([]backend.Entry, 0, len(gone))
 	for _, g := range gone {
 		if o, ok := idx(g.Origin); ok {
 			d.Del = append(d.Del, backend.Entry{Prefix: g.Prefix, Origin: o, Until: g.Until})
 		}
 	}
-	return d
+	return d, false
 }
 
 // expiredSnapshot is what the kernel held for the prefixes of gone before
