@@ -214,9 +214,9 @@ const (
 	defaultHealBackoffMax   = time.Minute
 	defaultHealFightWindow  = 10 * time.Second
 	defaultHealFreeRepairs  = 3
-	// Upper bounds of heal settings that could starve the systemd watchdog
-	// or keep a failing ladder going for hours.
-	maxHealInterval          = 10 * time.Second
+	// Upper bounds of heal settings that would leave drift unrepaired or a
+	// failing ladder going for hours.
+	maxHealInterval          = time.Hour
 	maxHealReplays           = 10
 	maxHealBackoff           = 10 * time.Minute
 	defaultOnShutdown        = OnShutdownRemove

@@ -129,6 +129,8 @@ type Enforcer struct {
 	repairAfter  time.Time // anti-fight: no repair before this
 	lastFullPull time.Time // pull time of the last applied full batch
 	ensured      map[int]bool
+	verifyEvery  int // ticks per verify (1 unless heal.interval > idleBeat)
+	passes       int
 	// reported holds the entries whose rejection was already reported, so
 	// each is logged and counted once, not at every replay.
 	reported map[rejKey]string
@@ -184,6 +186,10 @@ func New(cfg Config, d Deps) *Enforcer {
 	}
 	return e
 }
+
+// idleBeat is the longest an idle loop goes without a pass (expiry and,
+// every verifyEvery passes, a verify): well under the watchdog's 15 s.
+const idleBeat = 5 * time.Second
 
 // beatEvery is how often a long wait inside the loop (the repair ladder's
 // backoff) feeds the watchdog and serves Do calls.
@@ -348,7 +354,12 @@ func (e *Enforcer) Submit(ctx context.Context, b journal.Batch, pulledAt time.Ti
 // (journal write failure, ErrReplayFailed).
 func (e *Enforcer) Run(ctx context.Context) error {
 	if e.tick == nil {
-		t := time.NewTicker(e.cfg.VerifyInterval)
+		// The loop beats once per tick: a long verify interval must not
+		// leave an idle loop looking wedged to the watchdog, so it ticks
+		// at least every idleBeat and verifies every verifyEvery ticks.
+		period := min(e.cfg.VerifyInterval, idleBeat)
+		e.verifyEvery = int((e.cfg.VerifyInterval + period - 1) / period)
+		t := time.NewTicker(period)
 		defer t.Stop()
 		e.tick = t.C
 	}
@@ -480,6 +491,9 @@ func (e *Enforcer) pass(ctx context.Context) error {
 	}
 	if err := e.refreshLongBans(ctx, now); err != nil {
 		return err
+	}
+	if e.passes++; e.verifyEvery > 1 && e.passes%e.verifyEvery != 0 {
+		return nil // a beat only: heal.interval is longer than idleBeat
 	}
 	if now.Before(e.repairAfter) {
 		return nil // backing off from a fight; verify again once allowed

@@ -289,3 +289,29 @@ func TestCancelDuringReplayIsNotAFailure(t *testing.T) {
 		t.Fatalf("cancellation reported as a failure:\n%s", logs.String())
 	}
 }
+
+// With heal.interval longer than idleBeat the loop still goes round every
+// tick (watchdog, expiry) but verifies every verifyEvery ticks only.
+// (Every tick is a loop iteration, which stores the heartbeat.)
+func TestLongIntervalBeatsButVerifiesLess(t *testing.T) {
+	r := newRig(t, Config{}, journal.Batch{New: []journal.Decision{
+		ban("192.0.2.10/32", "crowdsec", time.Hour), ban("192.0.2.11/32", "crowdsec", 5*time.Second),
+	}})
+	r.be.NoTimeouts = true
+	r.enf.verifyEvery = 3 // as Run sets it for heal.interval 15s
+	r.start()
+	r.be.Wipe()
+	r.clk.Advance(6 * time.Second)
+	r.tick()
+	if _, ok := r.j.View().Get(ban("192.0.2.11/32", "crowdsec", 0).Key()); ok {
+		t.Fatal("a beat-only pass skipped the expiry")
+	}
+	r.tick()
+	if r.has("crowdsec", "192.0.2.10/32") {
+		t.Fatal("verified on a beat-only pass")
+	}
+	r.tick()
+	if !r.has("crowdsec", "192.0.2.10/32") {
+		t.Fatalf("the third pass did not verify and repair:\n%s", r.be)
+	}
+}
