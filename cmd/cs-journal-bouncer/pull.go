@@ -55,7 +55,17 @@ type puller struct {
 
 	// seen holds the normalization rejections already logged and counted,
 	// so an hourly full resync does not report the same decision again.
-	seen map[lapi.Rejection]bool
+	seen map[rejectionKey]bool
+}
+
+// rejectionKey identifies a refused decision across pulls.
+type rejectionKey struct {
+	value, scope, typ, origin, reason string
+	deleted                           bool
+}
+
+func keyOf(r lapi.Rejection) rejectionKey {
+	return rejectionKey{r.Value, r.Scope, r.Type, r.Origin, r.Reason, r.Deleted}
 }
 
 // counts is a goroutine-safe counter by key (rejections by reason, read by
@@ -97,7 +107,7 @@ func (p *puller) init() {
 		p.jitter = func() float64 { return 2*rand.Float64() - 1 }
 	}
 	if p.seen == nil {
-		p.seen = map[lapi.Rejection]bool{}
+		p.seen = map[rejectionKey]bool{}
 	}
 }
 
@@ -229,15 +239,16 @@ func (p *puller) batchWithin(ctx context.Context, full bool, timeout time.Durati
 // so a decision that comes back is reported again.
 func (p *puller) noteRejected(rs []lapi.Rejection, full bool) {
 	if p.seen == nil {
-		p.seen = map[lapi.Rejection]bool{}
+		p.seen = map[rejectionKey]bool{}
 	}
 	prev := p.seen
 	if full {
-		p.seen = make(map[lapi.Rejection]bool, len(rs))
+		p.seen = make(map[rejectionKey]bool, len(rs))
 	}
 	for _, r := range rs {
-		known := prev[r] || p.seen[r]
-		p.seen[r] = true
+		k := keyOf(r)
+		known := prev[k] || p.seen[k]
+		p.seen[k] = true
 		if known {
 			continue
 		}
