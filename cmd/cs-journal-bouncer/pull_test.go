@@ -158,7 +158,7 @@ func forbidden() error {
 func TestPullerFullResyncInterval(t *testing.T) {
 	r := newPullRig(&fakeLAPI{})
 	r.start(t)
-	r.tick(t) // the loop took a tick: the boot pull has scheduled the next full one
+	r.tick(t)     // the loop took a tick: the boot pull has scheduled the next full one
 	for range 6 { // 6 × 10 min: only the last reaches the hour
 		r.advance(10 * time.Minute)
 		r.tick(t)
