@@ -383,7 +383,7 @@ func (b *Backend) group(entries []backend.Entry, now time.Time, dropExpired bool
 			g.invalid = append(g.invalid, backend.Rejection{Entry: e, Reason: "set_mismatch", Err: fmt.Errorf("%w: %s", ErrMismatchRejected, what)})
 			continue
 		}
-		g.add(name, k, kEntry{prefix: e.Prefix, timeout: t, origin: e.Origin})
+		g.add(name, k, newKEntry(e.Prefix, t, e.Origin))
 	}
 	return g
 }

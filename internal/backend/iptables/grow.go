@@ -64,11 +64,11 @@ func cutToFit(name string, entries []kEntry, size uint32) ([]kEntry, error) {
 	if len(entries) <= int(size) {
 		return entries, nil
 	}
-	slices.SortFunc(entries, func(x, y kEntry) int { return x.prefix.Addr().Compare(y.prefix.Addr()) })
+	slices.SortFunc(entries, func(x, y kEntry) int { return x.prefix().Addr().Compare(y.prefix().Addr()) })
 	cause := fmt.Errorf("%w: set %s cannot grow past %d members", ErrSetFull, name, size)
 	rs := make([]backend.Rejection, 0, len(entries)-int(size))
 	for _, e := range entries[size:] {
-		rs = append(rs, backend.Rejection{Entry: backend.Entry{Prefix: e.prefix, Origin: e.origin}, Reason: "set_full", Err: cause})
+		rs = append(rs, backend.Rejection{Entry: backend.Entry{Prefix: e.prefix(), Origin: int(e.origin)}, Reason: "set_full", Err: cause})
 	}
 	return entries[:size], &backend.RejectedError{Rejected: rs}
 }

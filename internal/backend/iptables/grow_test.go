@@ -31,7 +31,7 @@ func TestCutToFitStable(t *testing.T) {
 	mk := func(order []int) []kEntry {
 		var out []kEntry
 		for _, i := range order {
-			out = append(out, kEntry{prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}), 32), origin: 3})
+			out = append(out, newKEntry(netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}), 32), 0, 3))
 		}
 		return out
 	}

@@ -211,7 +211,7 @@ func TestKernelApply(t *testing.T) {
 	// support refuses an entry with a timeout.
 	sh(t, "ipset create plain hash:net")
 	s, _ := b.socket()
-	err = s.adt(ctx, ipsetCmdAdd, "plain", []kEntry{{prefix: netip.MustParsePrefix("192.0.2.5/32"), timeout: 5}}, true, true)
+	err = s.adt(ctx, ipsetCmdAdd, "plain", []kEntry{newKEntry(netip.MustParsePrefix("192.0.2.5/32"), 5, 0)}, true, true)
 	var ke *KernelError
 	if !errors.As(err, &ke) || ke.Line != 1 || !strings.Contains(err.Error(), "192.0.2.5/32") {
 		t.Fatalf("adt error = %v, want KernelError at entry 1 naming 192.0.2.5/32", err)
