@@ -42,7 +42,7 @@ fuzz:
 
 # Figures against references measured in the same run (never asserted).
 bench: deps build
-	$(GO) test -tags bench -count=1 -run 'Bench' -v ./internal/backend/iptables/ ./internal/backend/nftables/ ./internal/metrics/ ./cmd/cs-journal-bouncer/ 2>&1 | grep -E 'bench|kernel_test|figure|---|^ok|FAIL'
+	$(GO) test -tags bench -count=1 -run 'Bench' -v ./internal/backend/iptables/ ./internal/backend/nftables/ ./internal/metrics/ ./internal/heal/ ./cmd/cs-journal-bouncer/ 2>&1 | grep -E 'bench|kernel_test|figure|---|^ok|FAIL'
 	$(GO) test -run=^$$ -bench=. -benchmem ./internal/journal/ ./internal/lapi/
 
 demo: deps build

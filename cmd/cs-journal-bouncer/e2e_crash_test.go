@@ -125,12 +125,20 @@ func TestE2EKill9During100kSync(t *testing.T) {
 		time.Sleep(time.Duration(rng.IntN(1500)) * time.Millisecond)
 		bo.kill9()
 	}
+	// One more run killed right after its pull is journaled: the comparisons
+	// below must be between real contents, never empty against empty.
+	bo := launch(t, cfg)
+	bo.waitLog(t, "pulled decisions", 60*time.Second)
+	bo.kill9()
 
 	l.Stop(t)
-	bo := startBouncer(t, cfg)
+	bo = startBouncer(t, cfg)
 	bo.waitLog(t, "LAPI unreachable", within)
 	bo.stop(t)
 	jm := journalMembers(t, jpath)
+	if len(jm) != n {
+		t.Fatalf("journal holds %d entries after a journaled pull of %d: a kill -9 lost it", len(jm), n)
+	}
 	requireSame(t, "LAPI down: kernel vs journal", kernelMembers(t), jm)
 	t.Logf("figure: journal held %d entries after 20 kill -9", len(jm))
 

@@ -130,7 +130,11 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 			if m != nil {
 				m.ObserveRepair(kinds, took, n)
 			}
-		}})
+		},
+		// Entries the kernel refuses count in the same
+		// decisions_rejected_total as decisions normalization refuses.
+		OnReject: func(reason string, n int) { p.rejected.addN(reason, n) },
+	})
 	p.enf = enf
 	var recovered uint64
 	if j.Recovered() != "" {
@@ -145,7 +149,9 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	m = metrics.New(src, metrics.Options{Logger: log, UpdateFrequency: cfg.UpdateFrequency, VerifyInterval: cfg.Heal.Interval})
 
 	// Enforce what the journal knows before LAPI is contacted.
-	if err := enf.Boot(ctx); err != nil {
+	// A stop during the boot replay is a stop: the shutdown below honours
+	// on_shutdown, as for any other SIGTERM.
+	if err := enf.Boot(ctx); err != nil && ctx.Err() == nil {
 		return err
 	}
 	log.Info("enforcing from journal", "entries", j.View().Len(), "since_start", time.Since(start).Round(time.Millisecond))

@@ -245,12 +245,17 @@ const (
 	// A member-by-member comparison costs ≈0.25 s at 100k entries (a full
 	// set dump, measured here), too much for every second, cheap every
 	// five minutes.
-	defaultHealDeepInterval  = 5 * time.Minute
-	defaultHealMaxReplays    = 5
-	defaultHealBackoffInit   = time.Second
-	defaultHealBackoffMax    = time.Minute
-	defaultHealFightWindow   = 10 * time.Second
-	defaultHealFreeRepairs   = 3
+	defaultHealDeepInterval = 5 * time.Minute
+	defaultHealMaxReplays   = 5
+	defaultHealBackoffInit  = time.Second
+	defaultHealBackoffMax   = time.Minute
+	defaultHealFightWindow  = 10 * time.Second
+	defaultHealFreeRepairs  = 3
+	// Upper bounds of heal settings that would leave drift unrepaired or a
+	// failing ladder going for hours.
+	maxHealInterval          = time.Hour
+	maxHealReplays           = 10
+	maxHealBackoff           = 10 * time.Minute
 	defaultOnShutdown        = OnShutdownRemove
 	defaultLogFormat         = LogFormatText
 	defaultRetryInitConnect  = true

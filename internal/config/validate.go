@@ -313,6 +313,19 @@ func buildOurs(d *decoder, c *Config) {
 		d.fail("heal.deep_interval", h.DeepInterval, "%s must be at least heal.interval (%s)",
 			fmtDuration(h.DeepInterval), fmtDuration(h.Interval))
 	}
+	// The loop beats every few seconds whatever the interval; past an hour
+	// drift would go unrepaired for longer than any ban we'd want to keep.
+	if h.Interval > maxHealInterval {
+		d.fail("heal.interval", h.Interval, "%s must be at most %s", fmtDuration(h.Interval), fmtDuration(maxHealInterval))
+	}
+	// Every failed replay doubles the wait; past a few attempts the ladder
+	// only delays the full LAPI resync and the exit that lets systemd help.
+	if h.MaxReplayAttempts > maxHealReplays {
+		d.fail("heal.max_replay_attempts", h.MaxReplayAttempts, "%d must be at most %d", h.MaxReplayAttempts, maxHealReplays)
+	}
+	if h.BackoffMax > maxHealBackoff {
+		d.fail("heal.backoff_max", h.BackoffMax, "%s must be at most %s", fmtDuration(h.BackoffMax), fmtDuration(maxHealBackoff))
+	}
 	if h.BackoffMax < h.BackoffInitial {
 		d.fail("heal.backoff_max", h.BackoffMax, "%s must be at least heal.backoff_initial (%s)",
 			fmtDuration(h.BackoffMax), fmtDuration(h.BackoffInitial))

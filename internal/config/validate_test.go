@@ -87,6 +87,9 @@ func TestBadValues(t *testing.T) {
 		{"heal", "{backoff_max: soon}", `heal.backoff_max: "soon" is not a duration (use a unit, e.g. 10s, 5m, 1h)`},
 		{"heal", "{free_repairs: 0}", `heal.free_repairs: 0 must be positive`},
 		{"heal", "{fight_window: -1s}", `heal.fight_window: -1s must be positive`},
+		{"heal", "{interval: 2h, deep_interval: 3h}", `heal.interval: 2h must be at most 1h`},
+		{"heal", "{max_replay_attempts: 11}", `heal.max_replay_attempts: 11 must be at most 10`},
+		{"heal", "{backoff_max: 11m}", `heal.backoff_max: 11m must be at most 10m`},
 		{"log_max_files", "4\nlog_max_backups: 5", `log_max_files: 4 conflicts with log_max_backups: 5; these keys are aliases, keep one`},
 	}
 	for _, tt := range tests {

@@ -107,9 +107,24 @@ func affected(v *journal.View, b journal.Batch) map[netip.Prefix]struct{} {
 // activeEntries returns the whole desired kernel state, for Replay. A
 // prefix held by several decisions (an Ip and a Range, two types) is emitted
 // once, when the walk meets the first of them in ForPrefix's order: no
-// 100k-entry "seen" map at the memory peak of a full replay.
+// 1M-entry "seen" map at the memory peak of a full replay. When the view
+// holds a single scope and type (a blocklist), every decision is its own
+// prefix and the walk skips ForPrefix altogether.
 func activeEntries(v *journal.View, now time.Time, idx originIndex) []backend.Entry {
 	out := make([]backend.Entry, 0, v.Len())
+	idx = memoIndex(idx)
+	if v.OnePerPrefix() {
+		v.Each(func(d journal.Decision) bool {
+			if !d.Until.After(now) {
+				return true
+			}
+			if o, ok := idx(d.Origin); ok {
+				out = append(out, backend.Entry{Prefix: d.Prefix, Origin: o, Until: d.Until})
+			}
+			return true
+		})
+		return out
+	}
 	v.Each(func(d journal.Decision) bool {
 		if !d.Until.After(now) {
 			return true
@@ -128,14 +143,44 @@ func activeEntries(v *journal.View, now time.Time, idx originIndex) []backend.En
 	return out
 }
 
+// memoIndex caches idx for a walk over the view: a million decisions share
+// a handful of origins, and each lookup otherwise takes the journal's lock.
+func memoIndex(idx originIndex) originIndex {
+	type res struct {
+		o  int
+		ok bool
+	}
+	m := map[string]res{}
+	var lastName string
+	var last res
+	return func(origin string) (int, bool) {
+		if origin == lastName && lastName != "" {
+			return last.o, last.ok
+		}
+		r, seen := m[origin]
+		if !seen {
+			r.o, r.ok = idx(origin)
+			m[origin] = r
+		}
+		lastName, last = origin, r
+		return r.o, r.ok
+	}
+}
+
 // expectedCounts is, per set, the sorted expiries of its entries, so the
 // number still alive at any instant is one binary search away: the verify
 // pass runs every second and must not walk 100k entries.
 type expectedCounts map[backend.SetKey][]int64
 
-func countEntries(es []backend.Entry) expectedCounts {
+// countEntries counts es per set, leaving out the entries skip names (the
+// ones the backend refused: they are not in the kernel and a count that
+// expects them would be repaired forever).
+func countEntries(es []backend.Entry, skip func(backend.Entry) bool) expectedCounts {
 	c := expectedCounts{}
 	for _, e := range es {
+		if skip(e) {
+			continue
+		}
 		k := backend.SetKey{Origin: e.Origin, V6: e.Prefix.Addr().Is6()}
 		c[k] = append(c[k], e.Until.UnixNano())
 	}
@@ -143,6 +188,55 @@ func countEntries(es []backend.Entry) expectedCounts {
 		slices.Sort(us)
 	}
 	return c
+}
+
+// countView is countEntries(activeEntries(...)) without the intermediate
+// slice when each prefix holds one decision: a recount after a delta at a
+// million bans then costs the sort, not 64 MB of entries.
+func countView(v *journal.View, now time.Time, idx originIndex, skip func(backend.Entry) bool) expectedCounts {
+	if !v.OnePerPrefix() {
+		return countEntries(activeEntries(v, now, idx), skip)
+	}
+	idx = memoIndex(idx)
+	c := expectedCounts{}
+	v.Each(func(d journal.Decision) bool {
+		if !d.Until.After(now) {
+			return true
+		}
+		o, ok := idx(d.Origin)
+		if !ok {
+			return true
+		}
+		en := backend.Entry{Prefix: d.Prefix, Origin: o, Until: d.Until}
+		if skip(en) {
+			return true
+		}
+		k := backend.SetKey{Origin: o, V6: d.Prefix.Addr().Is6()}
+		c[k] = append(c[k], d.Until.UnixNano())
+		return true
+	})
+	for _, us := range c {
+		slices.Sort(us)
+	}
+	return c
+}
+
+// drop removes refused entries: they are not in the kernel.
+func (c expectedCounts) drop(rs []backend.Rejection) {
+	for _, r := range rs {
+		k := backend.SetKey{Origin: r.Entry.Origin, V6: r.Entry.Prefix.Addr().Is6()}
+		us := c[k]
+		if len(us) == 0 {
+			continue
+		}
+		// A backend may not say the entry's expiry: then drop the latest,
+		// which only ever makes the count expected earlier a lower one.
+		i, ok := slices.BinarySearch(us, r.Entry.Until.UnixNano())
+		if !ok {
+			i = len(us) - 1
+		}
+		c[k] = slices.Delete(us, i, i+1)
+	}
 }
 
 // want returns, per set, how many entries must still be in the kernel at

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -101,6 +100,11 @@ type Deps struct {
 	Wake <-chan backend.Change
 	// After arms the timer of a deferred wake (default time.After).
 	After func(d time.Duration) <-chan time.Time
+	// OnReject, if set, is called with how many entries the backend newly
+	// refused for one reason (decisions_rejected_total). Each entry is
+	// reported once while it stays in the view. It runs in the loop and
+	// must not block.
+	OnReject func(reason string, entries int)
 }
 
 // Enforcer is the single owner of the journal view and the backend.
@@ -121,6 +125,7 @@ type Enforcer struct {
 	calls    chan call
 	health   healthBox
 	onRepair func(kinds []string, took time.Duration, entries int)
+	onReject func(reason string, entries int)
 	// heartbeat is the wall time (UnixNano) of the loop's last iteration,
 	// for the systemd watchdog; pending is when the batch now waiting for
 	// the loop was handed over (0: none), for /health.
@@ -130,7 +135,6 @@ type Enforcer struct {
 	// Owned by the Run goroutine.
 	counts       expectedCounts
 	countsDirty  bool
-	nextExpiry   time.Time // earliest Until in the view; zero = nothing to expire
 	refreshDue   time.Time // when long bans must be re-added; zero = none
 	lastDeep     time.Time
 	lastRepair   time.Time
@@ -138,6 +142,11 @@ type Enforcer struct {
 	repairAfter  time.Time // anti-fight: no repair before this
 	lastFullPull time.Time // pull time of the last applied full batch
 	ensured      map[int]bool
+	verifyEvery  int // ticks per verify (1 unless heal.interval > idleBeat)
+	passes       int
+	// reported holds the entries whose rejection was already reported, so
+	// each is logged and counted once, not at every replay.
+	reported map[rejKey]string
 	// kidx maps an origin name to the origin index of its kernel set.
 	kidx originIndex
 	// persist schedules writing the journal again after a failed write.
@@ -153,8 +162,9 @@ type Enforcer struct {
 
 // call runs a function inside the loop, serialized with batches and repairs.
 type call struct {
-	fn   func(ctx context.Context)
-	done chan struct{}
+	fn     func(ctx context.Context)
+	caller context.Context
+	done   chan struct{}
 }
 
 type request struct {
@@ -180,6 +190,8 @@ func New(cfg Config, d Deps) *Enforcer {
 		onRepair: d.OnRepair,
 		wake:     d.Wake,
 		after:    d.After,
+		onReject: d.OnReject,
+		reported: map[rejKey]string{},
 	}
 	if e.after == nil {
 		e.after = time.After
@@ -195,19 +207,38 @@ func New(cfg Config, d Deps) *Enforcer {
 		return e.be.SetKeyOf(o, false).Origin, true
 	}
 	if e.slp == nil {
-		e.slp = sleepCtx
+		e.slp = func(ctx context.Context, d time.Duration) error {
+			return sleepBeating(ctx, d, beatEvery, e.beat)
+		}
 	}
 	return e
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
+// idleBeat is the longest an idle loop goes without a pass (expiry and,
+// every verifyEvery passes, a verify): well under the watchdog's 15 s.
+const idleBeat = 5 * time.Second
+
+// beatEvery is how often a long wait inside the loop (the repair ladder's
+// backoff) feeds the watchdog and serves Do calls.
+const beatEvery = time.Second
+
+// sleepBeating waits d or until ctx ends, calling beat every step: a
+// backoff of a minute must not look like a wedged loop to the watchdog.
+func sleepBeating(ctx context.Context, d, step time.Duration, beat func(context.Context)) error {
+	t := time.NewTimer(min(d, step))
 	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
+	for left := d; ; {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		left -= min(left, step)
+		if left <= 0 {
+			return nil
+		}
+		beat(ctx)
+		t.Reset(min(left, step))
 	}
 }
 
@@ -231,20 +262,28 @@ func (e *Enforcer) PendingSince() time.Time {
 
 // Do runs fn inside the loop, serialized with batches and repairs, and waits
 // for it: the way for other goroutines (the admin socket, `check`) to read
-// the journal view and the kernel consistently.
+// the journal view and the kernel consistently. fn's context ends when
+// either ctx or the loop's context does; once fn has started, Do waits for
+// it to return, so fn may write the caller's variables without a race.
 func (e *Enforcer) Do(ctx context.Context, fn func(ctx context.Context)) error {
-	c := call{fn: fn, done: make(chan struct{})}
+	c := call{fn: fn, caller: ctx, done: make(chan struct{})}
 	select {
 	case e.calls <- c:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	select {
-	case <-c.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	<-c.done
+	return ctx.Err()
+}
+
+// run calls c.fn under a context that ends with the loop's or the caller's.
+func (c call) run(loop context.Context) {
+	defer close(c.done)
+	ctx, cancel := context.WithCancel(loop)
+	defer cancel()
+	stop := context.AfterFunc(c.caller, cancel)
+	defer stop()
+	c.fn(ctx)
 }
 
 // Check compares the kernel with the journal view once, fast and deep
@@ -274,10 +313,18 @@ func (e *Enforcer) CheckOffline(ctx context.Context) (backend.Drift, error) {
 // Health returns a snapshot of the loop's state; safe from any goroutine.
 func (e *Enforcer) Health() Health { return e.health.get() }
 
+// SetLAPIUnauthorized records a pull LAPI refused because of our
+// credentials (HTTP 401/403): LAPI answers, but not to us. Safe from any
+// goroutine; the next successful pull clears it.
+func (e *Enforcer) SetLAPIUnauthorized() {
+	e.health.update(func(h *Health) { h.LAPIReachable, h.LAPIUnauthorized = false, true })
+}
+
 // SetLAPI records the outcome of a LAPI pull; safe from any goroutine.
 func (e *Enforcer) SetLAPI(reachable bool, at time.Time, full bool) {
 	e.health.update(func(h *Health) {
 		h.LAPIReachable = reachable
+		h.LAPIUnauthorized = false
 		if reachable {
 			h.LastPull = at
 			if full {
@@ -296,6 +343,9 @@ func (e *Enforcer) Boot(ctx context.Context) error {
 	e.cause = CauseBoot
 	defer func() { e.cause = "" }()
 	n, err := e.ensureAndReplay(ctx)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
 	if err != nil {
 		// Same ladder as any repair: retries with backoff, then LAPI, then exit.
 		e.log.Error("enforcing the journal at boot failed, retrying", "err", err)
@@ -334,7 +384,12 @@ func (e *Enforcer) Submit(ctx context.Context, b journal.Batch, pulledAt time.Ti
 // written is not fatal: see journalAppend.
 func (e *Enforcer) Run(ctx context.Context) error {
 	if e.tick == nil {
-		t := time.NewTicker(e.cfg.VerifyInterval)
+		// The loop beats once per tick: a long verify interval must not
+		// leave an idle loop looking wedged to the watchdog, so it ticks
+		// at least every idleBeat and verifies every verifyEvery ticks.
+		period := min(e.cfg.VerifyInterval, idleBeat)
+		e.verifyEvery = int((e.cfg.VerifyInterval + period - 1) / period)
+		t := time.NewTicker(period)
 		defer t.Stop()
 		e.tick = t.C
 	}
@@ -353,8 +408,7 @@ func (e *Enforcer) Run(ctx context.Context) error {
 				return err
 			}
 		case c := <-e.calls:
-			c.fn(ctx)
-			close(c.done)
+			c.run(ctx)
 		case <-e.tick:
 			e.cause = CauseTick
 			if err := e.pass(ctx); err != nil {
@@ -407,6 +461,9 @@ func (e *Enforcer) apply(ctx context.Context, r *request) error {
 	if err == nil {
 		err = e.kernelErr(e.be.Apply(ctx, d))
 	}
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err() // shutting down mid-write: the journal has the batch
+	}
 	if err != nil {
 		// The kernel state is now unknown: only a full replay is safe.
 		e.log.Error("apply batch failed, replaying", "err", err)
@@ -427,6 +484,9 @@ func (e *Enforcer) applyFull(ctx context.Context, b journal.Batch, pulledAt time
 	}
 	e.lastFullPull = pulledAt
 	n, err := e.ensureAndReplay(ctx)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
 	if err != nil {
 		e.log.Error("replay of full set failed", "err", err)
 		return e.repair(ctx, []string{"apply"}, []string{err.Error()})
@@ -474,6 +534,9 @@ func (e *Enforcer) pass(ctx context.Context) error {
 	if err := e.refreshLongBans(ctx, now); err != nil {
 		return err
 	}
+	if e.passes++; e.verifyEvery > 1 && e.passes%e.verifyEvery != 0 {
+		return nil // a beat only: heal.interval is longer than idleBeat
+	}
 	if now.Before(e.repairAfter) {
 		return nil // backing off from a fight; verify again once allowed
 	}
@@ -510,55 +573,10 @@ func (e *Enforcer) pass(ctx context.Context) error {
 	return nil
 }
 
-// rebuildCounts recomputes the expected member counts and the next expiry.
+// rebuildCounts recomputes the expected member counts.
 func (e *Enforcer) rebuildCounts(now time.Time) {
-	es := activeEntries(e.j.View(), now, e.kidx)
-	e.counts = countEntries(es)
+	e.forgetRejections()
+	e.counts = countView(e.j.View(), now, e.kidx, e.isRejected)
 	e.countsDirty = false
-	e.nextExpiry = time.Time{}
-	e.j.View().Each(func(d journal.Decision) bool {
-		if e.nextExpiry.IsZero() || d.Until.Before(e.nextExpiry) {
-			e.nextExpiry = d.Until
-		}
-		return true
-	})
 	e.health.update(func(h *Health) { h.ActiveEntries = e.j.View().Len() })
-}
-
-// expire drops expired decisions from the view and their entries from the
-// kernel. The kernel's own timeouts usually beat us to it; this covers
-// ipset_disable_timeouts and prefixes that fall back to a shorter decision.
-func (e *Enforcer) expire(ctx context.Context, now time.Time) error {
-	if e.countsDirty {
-		e.rebuildCounts(now)
-	}
-	if e.nextExpiry.IsZero() || now.Before(e.nextExpiry) {
-		return nil
-	}
-	v := e.j.View()
-	gone := v.Expire(now)
-	e.countsDirty = true
-	if len(gone) == 0 {
-		return nil
-	}
-	before := snapshot{}
-	ps := map[netip.Prefix]struct{}{}
-	for _, d := range gone {
-		ps[d.Prefix] = struct{}{}
-	}
-	for p := range ps {
-		ds := v.ForPrefix(p)
-		for _, d := range gone {
-			if d.Prefix == p {
-				ds = append(ds, d)
-			}
-		}
-		before[p] = entriesFor(ds, e.kidx)
-	}
-	d := diff(before, takeSnapshot(v, ps, e.kidx))
-	if err := e.kernelErr(e.be.Apply(ctx, d)); err != nil {
-		return e.repair(ctx, []string{"apply"}, []string{"expire: " + err.Error()})
-	}
-	e.log.Debug("expired", "decisions", len(gone), "deleted", len(d.Del))
-	return nil
 }

@@ -24,9 +24,11 @@ type Health struct {
 	BackingOff          bool           // drift keeps coming back: repairs are being delayed
 	DeepRepairs         int            // single entries put back by the deep verify
 	LAPIReachable       bool
+	LAPIUnauthorized    bool // the last pull failed because LAPI refused our API key (401/403)
 	LastPull            time.Time
 	LastFullResync      time.Time
 	ActiveEntries       int
+	RejectedEntries     int  // entries in the view the backend refuses (reported once each)
 	Enforcing           bool // the journal or LAPI state has reached the kernel at least once
 }
 

@@ -22,15 +22,24 @@ func (e *Enforcer) ensureAndReplay(ctx context.Context) (int, error) {
 	for _, o := range origins {
 		e.ensured[o] = true
 	}
+	e.forgetRejections()
 	es := activeEntries(e.j.View(), now, e.kidx)
-	if err := e.kernelErr(e.be.Replay(ctx, es)); err != nil {
-		return 0, fmt.Errorf("replay %d entries: %w", len(es), err)
-	}
-	e.counts = countEntries(es)
-	e.countsDirty = false
+	// Everything derived from es is computed before the replay, so the
+	// backend holds the only reference while it fills the kernel and can
+	// let the 64 MB of a million entries go once it has grouped them.
+	n := len(es)
+	counts := countEntries(es, func(backend.Entry) bool { return false })
 	e.refreshDue = time.Time{}
 	e.noteLongBans(es)
-	return len(es), nil
+	rejected, err := backend.Rejected(e.be.Replay(ctx, es))
+	e.reportRejections(rejected)
+	if err != nil {
+		return 0, fmt.Errorf("replay %d entries: %w", n, err)
+	}
+	counts.drop(rejected)
+	e.counts = counts
+	e.countsDirty = false
+	return n, nil
 }
 
 // repair climbs the ladder: Ensure + Replay, retried with backoff; then a full
@@ -49,6 +58,9 @@ func (e *Enforcer) repair(ctx context.Context, kinds, details []string) error {
 			e.repaired(start, kinds, details, n, attempt)
 			return nil
 		}
+		if ctx.Err() != nil {
+			return ctx.Err() // shutting down: not a failure to report
+		}
 		lastErr = err
 		e.failed(err, attempt)
 		if attempt == e.cfg.MaxReplayAttempts {
@@ -61,10 +73,12 @@ func (e *Enforcer) repair(ctx context.Context, kinds, details []string) error {
 	if e.sync != nil {
 		e.log.Warn("replays keep failing, asking LAPI for a full resync", "attempts", e.cfg.MaxReplayAttempts, "err", lastErr)
 		e.heartbeat.Store(time.Now().UnixNano())
+		// Stamped before the pull: a delta fetched while it runs is newer
+		// than the full set and must not be dropped as stale.
+		pulled := e.now()
 		b, err := e.sync(ctx)
 		e.heartbeat.Store(time.Now().UnixNano())
 		if err == nil {
-			pulled := e.now()
 			b.Full = true
 			if err := e.journalAppend(b); err != nil {
 				return fmt.Errorf("journal append of full resync: %w", err)
@@ -84,20 +98,6 @@ func (e *Enforcer) repair(ctx context.Context, kinds, details []string) error {
 		}
 	}
 	return fmt.Errorf("%w: %w", ErrReplayFailed, lastErr)
-}
-
-// kernelErr separates entries the backend refused from real failures: a
-// refused entry cannot be fixed by replaying, so it is reported and the
-// rest of the batch counts as enforced; anything else is returned for the
-// repair ladder.
-func (e *Enforcer) kernelErr(err error) error {
-	rejected, rest := backend.Rejected(err)
-	if len(rejected) > 0 {
-		first := rejected[0]
-		e.log.Warn("entries not enforced: the kernel set cannot hold them",
-			"entries", len(rejected), "first", first.Entry.Prefix, "reason", first.Reason, "err", first.Err)
-	}
-	return rest
 }
 
 func (e *Enforcer) backoff(attempt int) time.Duration {
@@ -253,7 +253,7 @@ func (e *Enforcer) memberDelta(got map[backend.SetKey][]netip.Prefix, now time.T
 			delete(have[k], en.Prefix)
 			continue
 		}
-		if en.Until.After(cut) {
+		if en.Until.After(cut) && !e.isRejected(en) {
 			d.Add = append(d.Add, en)
 		}
 	}

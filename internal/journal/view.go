@@ -274,6 +274,14 @@ func sinceTime(ms int64) time.Time {
 // changes memory: the journal drops them on its own at the next compaction
 // or Open. It does not scan when nothing can have expired yet.
 func (v *View) Expire(now time.Time) []Decision {
+	return v.ExpireN(now, 0)
+}
+
+// ExpireN is Expire removing at most limit decisions (0: no limit), so a
+// caller can delete a mass expiry from the kernel in slices and stay
+// responsive in between. The cost of all the slices of one expiry together
+// is about one scan of the view.
+func (v *View) ExpireN(now time.Time, limit int) []Decision {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	t := untilMS(now)
@@ -284,6 +292,11 @@ func (v *View) Expire(now time.Time) []Decision {
 	next := int64(math.MaxInt64)
 	for k, val := range v.m {
 		if val.until <= t {
+			if limit > 0 && len(out) == limit {
+				// minUntil stays a valid lower bound: what is left
+				// includes expired decisions for the next slice.
+				return out
+			}
 			out = append(out, v.decision(k, val))
 			delete(v.m, k)
 		} else if val.until < next {
@@ -292,6 +305,27 @@ func (v *View) Expire(now time.Time) []Decision {
 	}
 	v.minUntil = next
 	return out
+}
+
+// NextExpiry returns a time at or before the earliest Until in the view
+// (zero when the view is empty): nothing expires before it, so a caller can
+// skip Expire until then. It may be early, never late.
+func (v *View) NextExpiry() time.Time {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if len(v.m) == 0 || v.minUntil == math.MaxInt64 {
+		return time.Time{}
+	}
+	return msTime(v.minUntil)
+}
+
+// OnePerPrefix reports whether no prefix can hold more than one decision
+// (a single scope and type was ever seen): a caller building the kernel
+// state can then skip ForPrefix for each decision.
+func (v *View) OnePerPrefix() bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.combos) <= 1
 }
 
 // Each calls fn for every decision, expired or not, in no particular order,

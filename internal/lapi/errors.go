@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+
+	"github.com/crowdsecurity/crowdsec/pkg/apiclient"
 )
 
 // Errors a failed pull is classified by (wrapped, with the detail): the
@@ -40,4 +43,20 @@ func statusError(code int, err error) error {
 		return fmt.Errorf("%w (HTTP %d): %w", ErrUnauthorized, code, err)
 	}
 	return err
+}
+
+// Unauthorized reports whether err is LAPI refusing our credentials: a
+// pull classifies the HTTP status itself (ErrUnauthorized); the API
+// client's own calls keep no status code, only LAPI's message, whose known
+// forms are matched here, in one place.
+func Unauthorized(err error) bool {
+	if errors.Is(err, ErrUnauthorized) {
+		return true
+	}
+	var er *apiclient.ErrorResponse
+	if !errors.As(err, &er) || er.Message == nil {
+		return false
+	}
+	m := *er.Message
+	return m == "access forbidden" || strings.HasPrefix(m, "http code 401") || strings.HasPrefix(m, "http code 403")
 }

@@ -36,6 +36,7 @@ type Report struct {
 	BackingOff          bool           `json:"backing_off"`
 	Enforcing           bool           `json:"enforcing"`
 	LAPIReachable       bool           `json:"lapi_reachable"`
+	LAPIUnauthorized    bool           `json:"lapi_unauthorized,omitempty"`
 	LastPull            *time.Time     `json:"last_pull"`
 	LastFullResync      *time.Time     `json:"last_full_resync"`
 	Journal             *JournalReport `json:"journal,omitempty"`
@@ -103,7 +104,10 @@ func (m *Metrics) Health() Report {
 		} else if !h.LastVerify.IsZero() && !h.LastVerifyOK {
 			warn = append(warn, "the last verify found drift: repair under way")
 		}
-		if !h.LAPIReachable {
+		r.LAPIUnauthorized = h.LAPIUnauthorized
+		if h.LAPIUnauthorized {
+			warn = append(warn, "LAPI rejects our API key (HTTP 401/403): fix api_key; enforcing from the journal")
+		} else if !h.LAPIReachable {
 			warn = append(warn, "LAPI unreachable: enforcing from the journal")
 		}
 	}

@@ -28,6 +28,17 @@ type Backend struct {
 	// SingleSet makes every origin share one set per family, like the
 	// ipset-only mode. Set it before use.
 	SingleSet bool
+	// NoTimeouts models ipset_disable_timeouts: members stay until deleted,
+	// whatever their Until (the kernel does not expire them). Set it before
+	// use.
+	NoTimeouts bool
+	// HostsOnly models a hash:ip set: a prefix shorter than a single
+	// address is refused (ErrRejected, reason "set_type").
+	HostsOnly bool
+	// MaxElem is the most members one set can ever hold (0: no limit);
+	// entries beyond are refused (ErrSetFull, reason "set_full"), as a real
+	// set that cannot grow any further.
+	MaxElem int
 
 	mu       sync.Mutex
 	now      func() time.Time
@@ -91,12 +102,19 @@ func (b *Backend) Counters(context.Context) (backend.Counters, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var c backend.Counters
+	now := b.now()
 	for _, k := range sortedSetKeys(b.sets) {
+		n := 0
+		for _, until := range b.sets[k] {
+			if b.live(until, now) {
+				n++
+			}
+		}
 		fam := "ipv4"
 		if k.V6 {
 			fam = "ipv6"
 		}
-		c.Sets = append(c.Sets, backend.SetCounters{Name: b.SetName(k), Key: k, Family: fam, Shared: b.SingleSet, Members: len(b.sets[k])})
+		c.Sets = append(c.Sets, backend.SetCounters{Name: b.SetName(k), Key: k, Family: fam, Shared: b.SingleSet, Members: n})
 	}
 	return c, nil
 }
@@ -130,15 +148,46 @@ func (b *Backend) Apply(_ context.Context, d backend.Delta) error {
 	for _, e := range d.Del {
 		delete(b.sets[key(e)], e.Prefix)
 	}
+	var rs []backend.Rejection
 	for _, e := range d.Add {
 		s := b.sets[key(e)]
 		if s == nil {
 			return fmt.Errorf("fake: add %v: set %v does not exist", e.Prefix, key(e))
 		}
+		if r, ok := b.refuse(s, e); ok {
+			rs = append(rs, r)
+			continue
+		}
 		s[e.Prefix] = e.Until
 		b.adds = append(b.adds, e)
 	}
-	return nil
+	return rejected(rs)
+}
+
+// refuse reports whether set s cannot take e, and why, as the kernel would.
+func (b *Backend) refuse(s map[netip.Prefix]time.Time, e backend.Entry) (backend.Rejection, bool) {
+	if b.HostsOnly && !e.Prefix.IsSingleIP() {
+		return backend.Rejection{Entry: e, Reason: "set_type",
+			Err: fmt.Errorf("fake: %s: a hash:ip set holds single addresses only: %w", e.Prefix, backend.ErrRejected)}, true
+	}
+	if _, present := s[e.Prefix]; !present && b.MaxElem > 0 && len(s) >= b.MaxElem {
+		return backend.Rejection{Entry: e, Reason: "set_full",
+			Err: fmt.Errorf("fake: set holds %d members: %w", b.MaxElem, backend.ErrSetFull)}, true
+	}
+	return backend.Rejection{}, false
+}
+
+func rejected(rs []backend.Rejection) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	return &backend.RejectedError{Rejected: rs}
+}
+
+// live reports whether a member with this expiry is still in the kernel:
+// with timeouts off the kernel never drops it.
+func (b *Backend) live(until, now time.Time) bool {
+	return b.NoTimeouts || until.After(now)
 }
 
 // Replay implements backend.Backend.
@@ -152,6 +201,13 @@ func (b *Backend) Replay(_ context.Context, active []backend.Entry) error {
 		b.sets[k] = map[netip.Prefix]time.Time{}
 	}
 	now := b.now()
+	if b.MaxElem > 0 {
+		// Fill in address order, so the entries left out of a full set
+		// are the same at every replay (as the iptables backend does).
+		active = slices.Clone(active)
+		slices.SortFunc(active, func(x, y backend.Entry) int { return x.Prefix.Addr().Compare(y.Prefix.Addr()) })
+	}
+	var rs []backend.Rejection
 	for _, e := range active {
 		if !e.Until.After(now) {
 			continue
@@ -161,14 +217,18 @@ func (b *Backend) Replay(_ context.Context, active []backend.Entry) error {
 			s = map[netip.Prefix]time.Time{}
 			b.sets[key(e)] = s
 		}
+		if r, ok := b.refuse(s, e); ok {
+			rs = append(rs, r)
+			continue
+		}
 		s[e.Prefix] = e.Until
 		b.adds = append(b.adds, e)
 	}
-	return nil
+	return rejected(rs)
 }
 
 // Verify implements backend.Backend. Members past their expiry count as gone,
-// as the kernel's timeouts would have removed them.
+// as the kernel's timeouts would have removed them (unless NoTimeouts).
 func (b *Backend) Verify(_ context.Context, want map[backend.SetKey]int) (backend.Drift, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -188,7 +248,7 @@ func (b *Backend) Verify(_ context.Context, want map[backend.SetKey]int) (backen
 		}
 		n := 0
 		for _, until := range s {
-			if until.After(now) {
+			if b.live(until, now) {
 				n++
 			}
 		}
@@ -218,7 +278,7 @@ func (b *Backend) Members(_ context.Context) (map[backend.SetKey][]netip.Prefix,
 	out := map[backend.SetKey][]netip.Prefix{}
 	for k, s := range b.sets {
 		for p, until := range s {
-			if until.After(now) {
+			if b.live(until, now) {
 				out[k] = append(out[k], p)
 			}
 		}
@@ -286,12 +346,26 @@ func (b *Backend) Adds() []backend.Entry {
 	return slices.Clone(b.adds)
 }
 
-// Has reports whether prefix is in the set of origin, unexpired.
+// Has reports whether prefix is in the set of origin and not yet dropped by
+// a kernel timeout (with NoTimeouts: whether it is there at all).
 func (b *Backend) Has(origin int, p netip.Prefix) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	until, ok := b.sets[backend.SetKey{Origin: origin, V6: p.Addr().Is6()}][p]
-	return ok && until.After(b.now())
+	return ok && b.live(until, b.now())
+}
+
+// Len returns how many members of set k the kernel still holds.
+func (b *Backend) Len(k backend.SetKey) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now, n := b.now(), 0
+	for _, until := range b.sets[k] {
+		if b.live(until, now) {
+			n++
+		}
+	}
+	return n
 }
 
 // String prints the state, one line per member, sorted, for golden tests

@@ -36,6 +36,10 @@ type Backend struct {
 		id uint32
 	} // nf_tables generation at the last clean rules check
 	nft map[bool]bool // per family: iptables uses the nf_tables backend
+	// mismatch holds our set names taken by a set of the wrong type that
+	// could not be moved aside, with what is wrong: their entries are
+	// refused until the set changes.
+	mismatch map[string]string
 }
 
 type setTypeKey struct {
@@ -64,6 +68,7 @@ func New(cfg Config) (*Backend, error) {
 		revisions:   map[setTypeKey]uint8{},
 		clean:       map[bool]bool{},
 		nft:         map[bool]bool{},
+		mismatch:    map[string]string{},
 	}, nil
 }
 
@@ -262,8 +267,13 @@ func (b *Backend) ensureSet(ctx context.Context, name string, v6 bool) (setInfo,
 	case err != nil:
 		return setInfo{}, fmt.Errorf("check set: %w", err)
 	case info.typ != sp.typ || info.family != sp.family:
-		return setInfo{}, fmt.Errorf("%w: set %s is %s family %d, want %s family %d; destroy it or change blacklists_ipv4/6",
-			ErrSetMismatch, name, info.typ, info.family, sp.typ, sp.family)
+		if err := b.resolveMismatch(ctx, s, name, info, sp); err != nil {
+			return setInfo{}, err
+		}
+		if err := s.create(ctx, name, sp); err != nil {
+			return setInfo{}, fmt.Errorf("create set: %w", err)
+		}
+		info = setInfo{typ: sp.typ, family: sp.family, revision: sp.revision, hashSize: sp.hashSize, maxElem: sp.maxElem, timeout: sp.timeout}
 	case info.timeout != sp.timeout:
 		b.log.Warn("set timeout support differs from configuration; following the set", "set", name, "set_timeouts", info.timeout)
 	}
@@ -279,7 +289,7 @@ func (b *Backend) Ensure(ctx context.Context) error {
 	if b.cfg.Mode == ModeIPSet {
 		for _, v6 := range b.families() {
 			name := b.setName(backend.SetKey{V6: v6})
-			if _, err := b.ensureSet(ctx, name, v6); err != nil {
+			if _, err := b.ensureSet(ctx, name, v6); err != nil && !errors.Is(err, ErrSetMismatch) {
 				return fmt.Errorf("ensure %s: %w", name, err)
 			}
 		}
@@ -294,7 +304,7 @@ func (b *Backend) Ensure(ctx context.Context) error {
 	for _, v6 := range b.families() {
 		for _, o := range all {
 			name := b.setName(backend.SetKey{Origin: o, V6: v6})
-			if _, err := b.ensureSet(ctx, name, v6); err != nil {
+			if _, err := b.ensureSet(ctx, name, v6); err != nil && !errors.Is(err, ErrSetMismatch) {
 				return fmt.Errorf("ensure %s: %w", name, err)
 			}
 		}
@@ -331,7 +341,7 @@ type grouped struct {
 }
 
 func (g *grouped) add(name string, k backend.SetKey, e kEntry) {
-	if _, ok := g.entries[name]; !ok {
+	if _, ok := g.keys[name]; !ok {
 		g.order = append(g.order, name)
 		g.keys[name] = k
 	}
@@ -342,6 +352,21 @@ func (g *grouped) add(name string, k backend.SetKey, e kEntry) {
 // are dropped when dropExpired (adds), kept for deletes.
 func (b *Backend) group(entries []backend.Entry, now time.Time, dropExpired bool) *grouped {
 	g := &grouped{keys: map[string]backend.SetKey{}, entries: map[string][]kEntry{}}
+	// A million entries share a few sets: name each set once, not per entry,
+	// and size each set's slice once (growing it by appends would allocate
+	// several times its final size).
+	names := map[backend.SetKey]string{}
+	sizes := map[backend.SetKey]int{}
+	for _, e := range entries {
+		if e.Prefix.IsValid() {
+			sizes[b.SetKeyOf(e.Origin, e.Prefix.Addr().Is6())]++
+		}
+	}
+	for k, n := range sizes {
+		name := b.setName(k)
+		names[k] = name
+		g.entries[name] = make([]kEntry, 0, n)
+	}
 	for _, e := range entries {
 		if reason, err := b.check(e); err != nil {
 			g.invalid = append(g.invalid, backend.Rejection{Entry: e, Reason: reason, Err: err})
@@ -352,7 +377,16 @@ func (b *Backend) group(entries []backend.Entry, now time.Time, dropExpired bool
 			continue
 		}
 		k := b.SetKeyOf(e.Origin, e.Prefix.Addr().Is6())
-		g.add(b.setName(k), k, kEntry{prefix: e.Prefix, timeout: t})
+		name, ok := names[k]
+		if !ok {
+			name = b.setName(k)
+			names[k] = name
+		}
+		if what, ok := b.mismatch[name]; ok {
+			g.invalid = append(g.invalid, backend.Rejection{Entry: e, Reason: "set_mismatch", Err: fmt.Errorf("%w: %s", ErrMismatchRejected, what)})
+			continue
+		}
+		g.add(name, k, newKEntry(e.Prefix, t, e.Origin))
 	}
 	return g
 }
@@ -415,6 +449,9 @@ func (b *Backend) Apply(ctx context.Context, d backend.Delta) error {
 		}
 	}
 	for _, name := range adds.order {
+		if err := b.growFor(ctx, s, name, adds.keys[name].V6, len(adds.entries[name])); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
 		info := b.sets[name]
 		if err := s.adt(ctx, ipsetCmdAdd, name, adds.entries[name], b.cfg.SetType == SetTypeNet, info.timeout); err != nil {
 			return fmt.Errorf("apply: %w", err)
@@ -459,6 +496,9 @@ func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
 	}
 	var errs []error
 	for name, k := range b.ourSets() {
+		if _, ok := b.mismatch[name]; ok {
+			continue // its entries were refused by group
+		}
 		if err := b.replaySet(ctx, name, k.V6, g.entries[name]); err != nil {
 			errs = append(errs, fmt.Errorf("replay %s: %w", name, err))
 		}
@@ -491,44 +531,26 @@ func (b *Backend) replaySet(ctx context.Context, name string, v6 bool, entries [
 		// owner's choices (ipset mode) survive.
 		sp.revision, sp.maxElem, sp.timeout = info.revision, info.maxElem, info.timeout
 	}
+	size, fits := b.sizeFor(name, len(entries), sp.maxElem)
+	sp.maxElem = size
 	var full error
-	if sp.maxElem > 0 && len(entries) > int(sp.maxElem) {
-		rs := make([]backend.Rejection, 0, len(entries)-int(sp.maxElem))
-		cause := fmt.Errorf("%w: set %s has maxelem %d", ErrSetFull, name, sp.maxElem)
-		for _, e := range entries[sp.maxElem:] {
-			rs = append(rs, backend.Rejection{Entry: backend.Entry{Prefix: e.prefix}, Reason: "set_full", Err: cause})
-		}
-		full = &backend.RejectedError{Rejected: rs}
-		entries = entries[:sp.maxElem]
+	if !fits {
+		entries, full = cutToFit(name, entries, size)
 	}
-	withCIDR := sp.typ == SetTypeNet
 	if !exists {
 		if err := s.create(ctx, name, sp); err != nil {
 			return err
 		}
-		b.sets[name] = setInfo{typ: sp.typ, family: sp.family, revision: sp.revision, maxElem: sp.maxElem, timeout: sp.timeout}
-		if err := s.adt(ctx, ipsetCmdAdd, name, entries, withCIDR, sp.timeout); err != nil {
+		b.sets[name] = setInfo{typ: sp.typ, family: sp.family, revision: sp.revision, hashSize: sp.hashSize, maxElem: sp.maxElem, timeout: sp.timeout}
+		if err := s.adt(ctx, ipsetCmdAdd, name, entries, sp.typ == SetTypeNet, sp.timeout); err != nil {
 			return err
 		}
 		return full
 	}
-	tmp := name + "-t"
-	if err := s.destroy(ctx, tmp); err != nil && !errors.Is(err, ErrSetNotFound) {
-		return fmt.Errorf("remove stale temporary set: %w", err)
-	}
-	if err := s.create(ctx, tmp, sp); err != nil {
+	if err := b.fillAndSwap(ctx, s, name, sp, entries); err != nil {
 		return err
 	}
-	if err := s.adt(ctx, ipsetCmdAdd, tmp, entries, withCIDR, sp.timeout); err != nil {
-		return errors.Join(err, s.destroy(ctx, tmp))
-	}
-	if err := s.swap(ctx, name, tmp); err != nil {
-		return errors.Join(err, s.destroy(ctx, tmp))
-	}
-	// tmp now holds the old members and no rule references it.
-	if err := s.destroy(ctx, tmp); err != nil {
-		return fmt.Errorf("destroy swapped-out set: %w", err)
-	}
+	info.maxElem, info.hashSize = sp.maxElem, sp.hashSize
 	b.sets[name] = info
 	return full
 }
@@ -561,6 +583,7 @@ func (b *Backend) Verify(ctx context.Context, want map[backend.SetKey]int) (back
 		info, err := s.header(ctx, name)
 		switch {
 		case errors.Is(err, ErrSetNotFound):
+			delete(b.mismatch, name)
 			d.Add("set", fmt.Sprintf("set %s is missing", name))
 			continue
 		case err != nil:
@@ -569,6 +592,14 @@ func (b *Backend) Verify(ctx context.Context, want map[backend.SetKey]int) (back
 		fam := uint8(nfprotoIPv4)
 		if v6 {
 			fam = nfprotoIPv6
+		}
+		if what, ok := b.mismatch[name]; ok {
+			if info.typ != b.cfg.SetType || info.family != fam {
+				continue // reported once; its entries are refused until it changes
+			}
+			delete(b.mismatch, name)
+			d.Add("set", fmt.Sprintf("set %s has the configured type again (%s before)", name, what))
+			continue
 		}
 		if info.typ != b.cfg.SetType || info.family != fam {
 			d.Add("set", fmt.Sprintf("set %s is %s family %d, want %s family %d", name, info.typ, info.family, b.cfg.SetType, fam))
@@ -632,6 +663,9 @@ func (b *Backend) Members(ctx context.Context) (map[backend.SetKey][]netip.Prefi
 	}
 	out := map[backend.SetKey][]netip.Prefix{}
 	for name, k := range sets {
+		if _, foreign := b.mismatch[name]; foreign {
+			continue // not ours: its members are none of our business
+		}
 		ps, err := s.members(ctx, name)
 		if errors.Is(err, ErrSetNotFound) {
 			continue
@@ -712,6 +746,9 @@ func (b *Backend) remove(ctx context.Context) error {
 	var errs []error
 	if b.cfg.Mode == ModeIPSet {
 		for name := range b.ourSets() {
+			if _, foreign := b.mismatch[name]; foreign {
+				continue
+			}
 			if err := s.flush(ctx, name); err != nil && !errors.Is(err, ErrSetNotFound) {
 				errs = append(errs, fmt.Errorf("close: %w", err))
 			}
@@ -736,6 +773,9 @@ func (b *Backend) remove(ctx context.Context) error {
 	}
 	maps.Copy(sets, b.ourSets())
 	for _, name := range slices.Sorted(maps.Keys(sets)) {
+		if _, foreign := b.mismatch[name]; foreign {
+			continue // not ours: left as found
+		}
 		if err := s.destroy(ctx, name); err != nil && !errors.Is(err, ErrSetNotFound) {
 			errs = append(errs, fmt.Errorf("close: %w", err))
 		}

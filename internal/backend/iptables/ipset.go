@@ -19,6 +19,7 @@ const (
 	ipsetCmdCreate  = 2
 	ipsetCmdDestroy = 3
 	ipsetCmdFlush   = 4
+	ipsetCmdRename  = 5
 	ipsetCmdSwap    = 6
 	ipsetCmdList    = 7
 	ipsetCmdAdd     = 9
@@ -170,6 +171,9 @@ func (s *nlSocket) roundTrip(ctx context.Context, m *msgBuilder) ([]nlMessage, *
 	}
 	var out []nlMessage
 	for {
+		if err := s.wait(ctx); err != nil {
+			return nil, nil, err
+		}
 		n, _, rflags, _, err := unix.Recvmsg(s.fd, s.buf, nil, 0)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
@@ -210,9 +214,41 @@ func (s *nlSocket) roundTrip(ctx context.Context, m *msgBuilder) ([]nlMessage, *
 	}
 }
 
+// pollStep bounds one wait for a netlink reply, so a cancelled context is
+// noticed within it even when the kernel never answers.
+const pollStep = 100 * time.Millisecond
+
+// wait blocks until a reply is readable or ctx ends. The kernel may still
+// answer an abandoned request later: roundTrip skips replies by sequence
+// number.
+func (s *nlSocket) wait(ctx context.Context) error {
+	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}}
+	for {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("netlink receive: %w", err)
+		}
+		step := pollStep
+		if dl, ok := ctx.Deadline(); ok {
+			step = min(step, max(time.Until(dl), time.Millisecond))
+		}
+		n, err := unix.Poll(fds, int(step/time.Millisecond))
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("netlink poll: %w", err)
+		}
+		if n > 0 {
+			return nil
+		}
+	}
+}
+
 // ipsetMsg starts an ipset request for cmd on set name (if any).
 func ipsetMsg(cmd uint16, flags uint16, name string) *msgBuilder {
-	m := newMsg(nfnlSubsysIPSet<<8|cmd, flags, unix.AF_INET)
+	return ipsetMsgIn(make([]byte, 0, 256), cmd, flags, name)
+}
+
+// ipsetMsgIn is ipsetMsg reusing buf's storage (see newMsgIn).
+func ipsetMsgIn(buf []byte, cmd uint16, flags uint16, name string) *msgBuilder {
+	m := newMsgIn(buf, nfnlSubsysIPSet<<8|cmd, flags, unix.AF_INET)
 	m.u8(attrProtocol, ipsetProtocol)
 	if name != "" {
 		m.str(attrSetName, name)
@@ -332,6 +368,15 @@ func retryBusy(ctx context.Context, op func() error) error {
 		}
 		wait = min(2*wait, 5*time.Millisecond)
 	}
+}
+
+// rename gives set from the name to; the kernel refuses while a rule
+// references the set.
+func (s *nlSocket) rename(ctx context.Context, from, to string) error {
+	m := ipsetMsg(ipsetCmdRename, flagsAck, from)
+	m.str(attrSetName2, to)
+	_, err := s.do(ctx, "rename", from+" "+to, m)
+	return err
 }
 
 func (s *nlSocket) flush(ctx context.Context, name string) error {
@@ -472,21 +517,34 @@ func (s *nlSocket) listNames(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
-// members dumps every member of a set. It is slow at 100k (NOTES ≈0.25 s):
+// members dumps every member of a set. It is slow at 100k (≈0.25 s):
 // deep verify only.
 func (s *nlSocket) members(ctx context.Context, name string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	err := s.dump(ctx, name, func(e kEntry) { out = append(out, e.prefix()) })
+	return out, err
+}
+
+// entries dumps every member of a set with its remaining timeout, to copy
+// the set into a larger one.
+func (s *nlSocket) entries(ctx context.Context, name string) ([]kEntry, error) {
+	var out []kEntry
+	err := s.dump(ctx, name, func(e kEntry) { out = append(out, e) })
+	return out, err
+}
+
+func (s *nlSocket) dump(ctx context.Context, name string, fn func(kEntry)) error {
 	msgs, err := s.do(ctx, "list", name, ipsetMsg(ipsetCmdList, flagsDump, name))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var out []netip.Prefix
 	for _, msg := range msgs {
 		if len(msg.payload) < nfgenHdrLen {
 			continue
 		}
 		attrs, err := parseAttrs(msg.payload[nfgenHdrLen:])
 		if err != nil {
-			return nil, fmt.Errorf("ipset list %s: %w", name, err)
+			return fmt.Errorf("ipset list %s: %w", name, err)
 		}
 		for _, a := range attrs {
 			if a.kind() != attrADT {
@@ -494,34 +552,41 @@ func (s *nlSocket) members(ctx context.Context, name string) ([]netip.Prefix, er
 			}
 			entries, err := parseAttrs(a.data)
 			if err != nil {
-				return nil, fmt.Errorf("ipset list %s: %w", name, err)
+				return fmt.Errorf("ipset list %s: %w", name, err)
 			}
 			for _, e := range entries {
-				p, err := parseEntry(e.data)
+				ke, err := parseKEntry(e.data)
 				if err != nil {
-					return nil, fmt.Errorf("ipset list %s: %w", name, err)
+					return fmt.Errorf("ipset list %s: %w", name, err)
 				}
-				out = append(out, p)
+				fn(ke)
 			}
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // parseEntry decodes one IPSET_ATTR_DATA nest (ADT entry) into a prefix.
 func parseEntry(b []byte) (netip.Prefix, error) {
+	e, err := parseKEntry(b)
+	return e.prefix(), err
+}
+
+// parseKEntry decodes one ADT entry: prefix and remaining timeout.
+func parseKEntry(b []byte) (kEntry, error) {
 	attrs, err := parseAttrs(b)
 	if err != nil {
-		return netip.Prefix{}, err
+		return kEntry{}, err
 	}
 	var addr netip.Addr
+	var timeout uint32
 	cidr := -1
 	for _, a := range attrs {
 		switch a.kind() {
 		case cadtIP:
 			ips, err := parseAttrs(a.data)
 			if err != nil {
-				return netip.Prefix{}, err
+				return kEntry{}, err
 			}
 			for _, ip := range ips {
 				if a, ok := netip.AddrFromSlice(ip.data); ok {
@@ -532,21 +597,43 @@ func parseEntry(b []byte) (netip.Prefix, error) {
 			if len(a.data) > 0 {
 				cidr = int(a.data[0])
 			}
+		case cadtTimeout:
+			if len(a.data) == 4 {
+				timeout = binary.BigEndian.Uint32(a.data)
+			}
 		}
 	}
 	if !addr.IsValid() {
-		return netip.Prefix{}, errors.New("ipset entry without an address")
+		return kEntry{}, errors.New("ipset entry without an address")
 	}
 	if cidr < 0 {
 		cidr = addr.BitLen()
 	}
-	return addr.Prefix(cidr)
+	p, err := addr.Prefix(cidr)
+	return newKEntry(p, timeout, 0), err
 }
 
-// kEntry is one validated entry ready for the wire.
+// kEntry is one validated entry ready for the wire. It holds no pointer
+// (netip.Addr does): a million of them are 28 MB the GC never scans.
 type kEntry struct {
-	prefix  netip.Prefix
+	addr    [16]byte // IPv4 in the last four bytes
+	bits    uint8
+	v4      bool
 	timeout uint32 // seconds; used only when the set has timeouts
+	origin  int32  // the entry's origin index, to report a rejection
+}
+
+func newKEntry(p netip.Prefix, timeout uint32, origin int) kEntry {
+	return kEntry{addr: p.Addr().As16(), bits: uint8(p.Bits()), v4: p.Addr().Is4(), timeout: timeout, origin: int32(origin)}
+}
+
+// prefix returns the entry's prefix.
+func (e kEntry) prefix() netip.Prefix {
+	a := netip.AddrFrom16(e.addr)
+	if e.v4 {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, int(e.bits))
 }
 
 // buildADT builds one ADD/DEL message for entries[first:], stopping at
@@ -554,9 +641,14 @@ type kEntry struct {
 // it holds. withCIDR is false for hash:ip, withTimeout only for ADD to a set
 // with timeout support.
 func buildADT(cmd uint16, name string, entries []kEntry, withCIDR, withTimeout bool) (*msgBuilder, int) {
+	return buildADTIn(make([]byte, 0, 4096), cmd, name, entries, withCIDR, withTimeout)
+}
+
+// buildADTIn is buildADT writing into buf's storage.
+func buildADTIn(buf []byte, cmd uint16, name string, entries []kEntry, withCIDR, withTimeout bool) (*msgBuilder, int) {
 	// No NLM_F_EXCL: add of a present entry updates it, del of an absent
 	// one is ignored (ipset -exist semantics), so repeats converge.
-	m := ipsetMsg(cmd, flagsAck, name)
+	m := ipsetMsgIn(buf, cmd, flagsAck, name)
 	m.u32host(attrLineNo, 0) // asks the kernel to report the failing entry
 	m.begin(attrADT)
 	start := m.size()
@@ -565,16 +657,14 @@ func buildADT(cmd uint16, name string, entries []kEntry, withCIDR, withTimeout b
 		e := entries[n]
 		m.begin(attrData)
 		m.begin(cadtIP)
-		if e.prefix.Addr().Is4() {
-			a := e.prefix.Addr().As4()
-			m.attr(ipaddrV4|nlaFNetOrder, a[:])
+		if e.v4 {
+			m.attr(ipaddrV4|nlaFNetOrder, e.addr[12:])
 		} else {
-			a := e.prefix.Addr().As16()
-			m.attr(ipaddrV6|nlaFNetOrder, a[:])
+			m.attr(ipaddrV6|nlaFNetOrder, e.addr[:])
 		}
 		m.end()
 		if withCIDR {
-			m.u8(cadtCIDR, uint8(e.prefix.Bits()))
+			m.u8(cadtCIDR, e.bits)
 		}
 		if withTimeout {
 			m.u32be(cadtTimeout, e.timeout)
@@ -594,12 +684,16 @@ func (s *nlSocket) adt(ctx context.Context, cmd uint16, name string, entries []k
 	if cmd == ipsetCmdDel {
 		op = "del"
 	}
+	// One buffer for every batch: each message is sent and acknowledged
+	// before the next is built.
+	buf := make([]byte, 0, batchBytes+4096)
 	for done := 0; done < len(entries); {
-		m, n := buildADT(cmd, name, entries[done:], withCIDR, withTimeout)
+		m, n := buildADTIn(buf, cmd, name, entries[done:], withCIDR, withTimeout)
+		buf = m.b
 		if _, err := s.do(ctx, op, name, m); err != nil {
 			var ke *KernelError
 			if errors.As(err, &ke) && ke.Line > 0 {
-				return fmt.Errorf("%w: entry %s", err, entries[done+ke.Line-1].prefix)
+				return fmt.Errorf("%w: entry %s", err, entries[done+ke.Line-1].prefix())
 			}
 			return err
 		}

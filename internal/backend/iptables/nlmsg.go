@@ -40,7 +40,14 @@ type msgBuilder struct {
 // newMsg starts a message of the given type and flags with an nfgenmsg
 // header for family (NFPROTO_*/AF_*), version 0, resource id 0.
 func newMsg(typ, flags uint16, family uint8) *msgBuilder {
-	m := &msgBuilder{b: make([]byte, nlmsgHdrLen+nfgenHdrLen, 256)}
+	return newMsgIn(make([]byte, 0, 256), typ, flags, family)
+}
+
+// newMsgIn is newMsg writing into buf's storage, so a caller sending many
+// large messages one after the other (a million entries in 1000-entry
+// batches) reuses one buffer instead of allocating each.
+func newMsgIn(buf []byte, typ, flags uint16, family uint8) *msgBuilder {
+	m := &msgBuilder{b: append(buf[:0], make([]byte, nlmsgHdrLen+nfgenHdrLen)...)}
 	binary.NativeEndian.PutUint16(m.b[4:], typ)
 	binary.NativeEndian.PutUint16(m.b[6:], flags)
 	m.b[16] = family

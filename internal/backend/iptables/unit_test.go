@@ -143,7 +143,7 @@ func TestHashSizeFor(t *testing.T) {
 // TestBuildADTGolden pins the wire format of one IPv4 entry: a kernel
 // that rejects a field fails the whole batch, so the bytes matter.
 func TestBuildADTGolden(t *testing.T) {
-	m, n := buildADT(ipsetCmdAdd, "s", []kEntry{{prefix: netip.MustParsePrefix("192.0.2.0/24"), timeout: 300}}, true, true)
+	m, n := buildADT(ipsetCmdAdd, "s", []kEntry{newKEntry(netip.MustParsePrefix("192.0.2.0/24"), 300, 0)}, true, true)
 	if n != 1 {
 		t.Fatalf("n = %d", n)
 	}
@@ -198,9 +198,9 @@ func TestBuildADTRoundTrip(t *testing.T) {
 	var entries []kEntry
 	for i := range 2500 {
 		a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 14: byte(i >> 8), 15: byte(i)})
-		entries = append(entries, kEntry{prefix: netip.PrefixFrom(a, 128), timeout: 10})
+		entries = append(entries, newKEntry(netip.PrefixFrom(a, 128), 10, 0))
 	}
-	entries = append(entries, kEntry{prefix: netip.MustParsePrefix("198.18.0.0/15")})
+	entries = append(entries, newKEntry(netip.MustParsePrefix("198.18.0.0/15"), 0, 0))
 	tests := []struct {
 		name     string
 		withCIDR bool
@@ -253,9 +253,9 @@ func TestBuildADTRoundTrip(t *testing.T) {
 				t.Fatalf("decoded %d entries, want %d", len(got), len(entries))
 			}
 			for i, e := range entries {
-				want := e.prefix
+				want := e.prefix()
 				if !tc.withCIDR {
-					want = netip.PrefixFrom(e.prefix.Addr(), e.prefix.Addr().BitLen())
+					want = netip.PrefixFrom(e.prefix().Addr(), e.prefix().Addr().BitLen())
 				}
 				if got[i] != want {
 					t.Fatalf("entry %d = %s, want %s", i, got[i], want)
