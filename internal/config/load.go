@@ -47,18 +47,9 @@ func Load(path string, lookupEnv func(string) (string, bool)) (*Result, error) {
 	if lookupEnv == nil {
 		lookupEnv = func(string) (string, bool) { return "", false }
 	}
-	main, err := readLayer(path, lookupEnv)
+	layers, err := readLayers(path, lookupEnv)
 	if err != nil {
 		return nil, err
-	}
-	layers := []*layer{main}
-	local, err := readLayer(path+".local", lookupEnv)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, err
-	default:
-		layers = append(layers, local)
 	}
 
 	res := &Result{}
@@ -287,4 +278,22 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(ks)
 	return ks
+}
+
+// readLayers reads path and, when it exists, path.local on top of it.
+func readLayers(path string, lookupEnv func(string) (string, bool)) ([]*layer, error) {
+	main, err := readLayer(path, lookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	layers := []*layer{main}
+	local, err := readLayer(path+".local", lookupEnv)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		layers = append(layers, local)
+	}
+	return layers, nil
 }

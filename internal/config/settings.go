@@ -1,9 +1,7 @@
 package config
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"strings"
 
 	"github.com/spf13/viper"
@@ -24,18 +22,9 @@ var carriedSections = map[string]bool{"nftables": true, "nftables_hooks": true}
 // a `${API_KEY}` reference is carried as written (see Unexpanded).
 func Settings(path string) (map[string]any, error) {
 	none := func(string) (string, bool) { return "", false }
-	main, err := readLayer(path, none)
+	layers, err := readLayers(path, none)
 	if err != nil {
 		return nil, err
-	}
-	layers := []*layer{main}
-	local, err := readLayer(path+".local", none)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, err
-	default:
-		layers = append(layers, local)
 	}
 	v := viper.New()
 	for _, l := range layers {
