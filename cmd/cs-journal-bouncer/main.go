@@ -75,6 +75,13 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
+	// The kernel's limits (name lengths, which deny actions a mode can do)
+	// are the backend's rules: building it, which touches no kernel, makes
+	// -t and the start report them as config errors, key and value.
+	if err := checkBackend(res.Config); err != nil {
+		fmt.Fprintf(stderr, "cs-journal-bouncer: config %s: %v\n", *cfgPath, err)
+		return 1
+	}
 	if *testCfg {
 		fmt.Fprintf(stdout, "config %s is valid\n", *cfgPath)
 		return 0

@@ -30,6 +30,14 @@ func newBackend(cfg *config.Config, log *slog.Logger) (backend.Backend, error) {
 	return nil, fmt.Errorf("mode %q: %w", cfg.Mode, config.ErrUnsupportedMode)
 }
 
+// checkBackend builds the configured backend and drops it: its New
+// rejects, as *backend.ConfigError naming the upstream key, every value
+// its kernel cannot take. Nothing is left to close: New opens nothing.
+func checkBackend(cfg *config.Config) error {
+	_, err := newBackend(cfg, slog.New(slog.DiscardHandler))
+	return err
+}
+
 func iptablesConfig(cfg *config.Config, log *slog.Logger) iptables.Config {
 	return iptables.Config{
 		Mode:            cfg.Mode,
@@ -42,7 +50,6 @@ func iptablesConfig(cfg *config.Config, log *slog.Logger) iptables.Config {
 		DisableTimeouts: cfg.IPSetDisableTimeouts,
 		Chains4:         cfg.Chains4(),
 		Chains6:         cfg.Chains6(),
-		Chain:           "CROWDSEC_CHAIN",
 		DenyAction:      cfg.DenyAction,
 		DenyLog:         cfg.DenyLog,
 		DenyLogPrefix:   cfg.DenyLogPrefix,

@@ -55,22 +55,6 @@ const (
 	IPSetHashIP  = "hash:ip"
 )
 
-// IPSetNameReserve is how many characters of the kernel's 31-character
-// ipset name limit the backend keeps for suffixes of its own (temporary
-// sets used for swaps), so blacklists_ipv4/blacklists_ipv6 may use
-// at most MaxIPSetNameLen characters.
-const IPSetNameReserve = 6
-
-// MaxIPSetNameLen is the longest blacklists_ipv4/blacklists_ipv6 accepted:
-// IPSET_MAXNAMELEN is 32 bytes including the NUL, minus IPSetNameReserve.
-const MaxIPSetNameLen = 31 - IPSetNameReserve
-
-// maxChainNameLen is iptables' limit (XT_EXTENSION_MAXNAMELEN 29 with NUL).
-const maxChainNameLen = 28
-
-// maxLogPrefixLen is iptables' --log-prefix limit (29 characters).
-const maxLogPrefixLen = 29
-
 // Config is the validated, defaulted configuration. Load never returns a
 // Config that failed validation; callers may use every field as is.
 type Config struct {
@@ -119,13 +103,15 @@ type Config struct {
 
 	// DisableIPv4 and DisableIPv6 turn a family off; not both.
 	DisableIPv4, DisableIPv6 bool
-	// DenyAction is DROP, REJECT, TARPIT or LOG (upper case).
+	// DenyAction is DROP, REJECT, TARPIT or LOG (upper case); nftables
+	// takes only the first two (its backend says so).
 	DenyAction string
 	// DenyLog adds a LOG rule before the deny action.
 	DenyLog bool
 	// DenyLogPrefix is the LOG rule's --log-prefix.
 	DenyLogPrefix string
-	// BlacklistsIPv4 and BlacklistsIPv6 name the ipsets (≤ MaxIPSetNameLen).
+	// BlacklistsIPv4 and BlacklistsIPv6 name the sets; the backend checks
+	// them against its kernel's limits.
 	BlacklistsIPv4, BlacklistsIPv6 string
 	// IPSetType is IPSetHashNet or IPSetHashIP.
 	IPSetType string
@@ -217,7 +203,8 @@ type HealConfig struct {
 }
 
 // Defaults. Upstream's are taken from its code (not its example file,
-// which sets some keys its code never reads).
+// which sets some keys its code never reads). Those that name kernel
+// objects or shape rules are backend.Default*, shared with the backends.
 const (
 	defaultUpdateFrequency = 10 * time.Second
 	defaultLogMode         = LogModeStdout // upstream LoggingConfig.setDefaults
@@ -226,16 +213,9 @@ const (
 	defaultLogMaxSize      = 500
 	defaultLogMaxBackups   = 3
 	defaultLogMaxAge       = 30
-	defaultDenyAction      = "DROP"
-	// upstream sets "crowdsec drop: " when deny_log is on and the prefix is
-	// empty; its example's comment says "crowdsec: " but the code wins.
-	defaultDenyLogPrefix  = "crowdsec drop: "
-	defaultBlacklistsIPv4 = "crowdsec-blacklists"
-	defaultBlacklistsIPv6 = "crowdsec6-blacklists"
-	defaultIPSetSize      = 131072
-	defaultPromAddr       = "127.0.0.1"
-	defaultPromPort       = 60601
-	defaultJournalPath    = "/var/lib/cs-journal-bouncer/journal.db"
+	defaultPromAddr        = "127.0.0.1"
+	defaultPromPort        = 60601
+	defaultJournalPath     = "/var/lib/cs-journal-bouncer/journal.db"
 	// LAPI hard-deletes decisions on alert flush and blocklist refresh
 	// without ever listing them as deleted, so only a full pull notices.
 	// A startup=true pull of 100k decisions costs ≈1 s on LAPI: hourly
@@ -260,14 +240,8 @@ const (
 	defaultLogFormat         = LogFormatText
 	defaultRetryInitConnect  = true
 	defaultLogCompression    = true // upstream: CompressLogs nil → true
-	defaultIPSetType         = IPSetHashNet
 	defaultIPTablesChain     = "INPUT"
 	defaultSupportedDecision = "ban"
-	defaultNFTTable4         = "crowdsec"
-	defaultNFTTable6         = "crowdsec6"
-	defaultNFTChain4         = "crowdsec-chain"
-	defaultNFTChain6         = "crowdsec6-chain"
-	defaultNFTHook           = "input"
 )
 
 // logLevels maps upstream's logrus level names to slog levels. slog has

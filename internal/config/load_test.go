@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
 // env returns a lookupEnv backed by a map, so tests never read the
@@ -221,7 +223,7 @@ func TestExpansionInLoad(t *testing.T) {
 				return c.Mode == "ipset" && c.APIURL == "http://127.0.0.1:8080/" && c.APIKey == "a$b" && c.DenyLogPrefix == "x: "
 			}},
 		{"set to empty is not unset", []string{"MODE", "ipset", "HOST", "127.0.0.1", "API_KEY", "k", "PFX", ""}, "", "",
-			func(c *Config) bool { return c.DenyLogPrefix == defaultDenyLogPrefix }},
+			func(c *Config) bool { return c.DenyLogPrefix == backend.DefaultDenyLogPrefix }},
 		{"unset api key is an error", []string{"MODE", "ipset", "HOST", "127.0.0.1", "PFX", "x"},
 			"api_key: refers to environment variable API_KEY, which is not set", "", nil},
 		{"unset mode names the variable", []string{"HOST", "127.0.0.1", "API_KEY", "k", "PFX", "x"},

@@ -1,12 +1,15 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
 // upstreamOnlyModes are upstream modes not implemented here yet.
@@ -153,28 +156,16 @@ func buildFirewall(d *decoder, c *Config) []string {
 		d.errs = append(d.errs, &KeyError{Key: "disable_ipv6", Msg: "true together with disable_ipv4: true leaves nothing to enforce"})
 	}
 
-	raw := d.str("deny_action", defaultDenyAction)
-	c.DenyAction = strings.ToUpper(strings.TrimSpace(raw))
-	if c.DenyAction == "" {
-		c.DenyAction = defaultDenyAction
-	}
+	// Upstream's values; which of them a mode can do is the backend's rule.
+	raw := d.str("deny_action", "")
+	c.DenyAction = cmp.Or(strings.ToUpper(strings.TrimSpace(raw)), backend.DefaultDenyAction)
 	d.oneOf("deny_action", raw, c.DenyAction, "DROP", "REJECT", "TARPIT", "LOG")
 	c.DenyLog = d.boolean("deny_log", false)
-	c.DenyLogPrefix = d.str("deny_log_prefix", "")
-	if c.DenyLogPrefix == "" {
-		c.DenyLogPrefix = defaultDenyLogPrefix
-	}
-	if len(c.DenyLogPrefix) > maxLogPrefixLen {
-		d.fail("deny_log_prefix", c.DenyLogPrefix, "%s is longer than iptables' %d characters",
-			show("deny_log_prefix", c.DenyLogPrefix), maxLogPrefixLen)
-	}
-
-	c.BlacklistsIPv4 = setName(d, "blacklists_ipv4", defaultBlacklistsIPv4)
-	c.BlacklistsIPv6 = setName(d, "blacklists_ipv6", defaultBlacklistsIPv6)
-	if c.BlacklistsIPv4 == c.BlacklistsIPv6 {
-		d.fail("blacklists_ipv6", c.BlacklistsIPv6, "%s is the same as blacklists_ipv4; the families need two sets",
-			show("blacklists_ipv6", c.BlacklistsIPv6))
-	}
+	// Lengths and characters of the prefix and the set names are the
+	// kernel's business: the backend's New checks them (cmd's -t builds it).
+	c.DenyLogPrefix = cmp.Or(d.str("deny_log_prefix", ""), backend.DefaultDenyLogPrefix)
+	c.BlacklistsIPv4 = cmp.Or(d.str("blacklists_ipv4", ""), backend.DefaultSetName4)
+	c.BlacklistsIPv6 = cmp.Or(d.str("blacklists_ipv6", ""), backend.DefaultSetName6)
 
 	raw = d.str("ipset_type", "nethash")
 	switch strings.ToLower(strings.TrimSpace(raw)) {
@@ -184,15 +175,11 @@ func buildFirewall(d *decoder, c *Config) []string {
 		c.IPSetType = IPSetHashIP
 		warns = append(warns, "ipset_type: hash:ip cannot hold ranges; Range decisions will not be enforced")
 	default:
-		c.IPSetType = defaultIPSetType
+		c.IPSetType = backend.DefaultIPSetType
 		d.fail("ipset_type", raw, "%s is not one of nethash, iphash, hash:net, hash:ip", show("ipset_type", raw))
 	}
-	c.IPSetSize = d.integer("ipset_size", defaultIPSetSize)
-	if c.IPSetSize == 0 { // upstream: 0 means the default
-		c.IPSetSize = defaultIPSetSize
-	} else if c.IPSetSize < 0 {
-		d.fail("ipset_size", c.IPSetSize, "%d must be positive", c.IPSetSize)
-	}
+	// upstream: 0 means the default; the range is ipset's (the backend's).
+	c.IPSetSize = cmp.Or(d.integer("ipset_size", 0), backend.DefaultIPSetSize)
 	c.IPSetDisableTimeouts = d.boolean("ipset_disable_timeouts", false)
 	// Upstream ships this on, and its rules carry "CrowdSec: <origin>".
 	c.IPTablesAddRuleComments = d.boolean("iptables_add_rule_comments", true)
@@ -210,22 +197,6 @@ func buildFirewall(d *decoder, c *Config) []string {
 		d.fail("prometheus.listen_port", p, "%d is not a TCP port (1-65535)", p)
 	}
 	return warns
-}
-
-// setName reads an ipset name and checks it against the kernel limit
-// less the characters the backend appends.
-func setName(d *decoder, key, def string) string {
-	name := d.str(key, def)
-	switch {
-	case name == "":
-		return def
-	case len(name) > MaxIPSetNameLen:
-		d.fail(key, name, "%s is %d characters long; at most %d are allowed (the kernel's 31 minus %d for the bouncer's suffixes)",
-			show(key, name), len(name), MaxIPSetNameLen, IPSetNameReserve)
-	case strings.ContainsAny(name, " \t\n\"'"):
-		d.fail(key, name, "%s must not contain spaces or quotes", show(key, name))
-	}
-	return name
 }
 
 // resolveChains computes the per-family chains: a family-specific list
@@ -264,16 +235,13 @@ func resolveChains(d *decoder, c *Config) []string {
 	return warns
 }
 
+// checkChains refuses a chain listed twice in one key. What a chain name
+// may be is iptables' rule, checked by the backend's New.
 func checkChains(d *decoder, key string, chains []string) {
 	seen := map[string]bool{}
 	for i, ch := range chains {
-		k := fmt.Sprintf("%s[%d]", key, i)
-		switch {
-		case ch == "" || strings.ContainsAny(ch, " \t\n\"'"):
-			d.fail(k, ch, "%s is not a valid chain name", show(k, ch))
-		case len(ch) > maxChainNameLen:
-			d.fail(k, ch, "%s is longer than iptables' %d characters", show(k, ch), maxChainNameLen)
-		case seen[ch]:
+		if seen[ch] {
+			k := fmt.Sprintf("%s[%d]", key, i)
 			d.fail(k, ch, "%s is listed twice", show(k, ch))
 		}
 		seen[ch] = true

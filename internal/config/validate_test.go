@@ -63,16 +63,9 @@ func TestBadValues(t *testing.T) {
 		{"log_max_size", "big", `log_max_size: "big" is not an integer`},
 		{"log_compression", "maybe", `log_compression: "maybe" is not a boolean (true or false)`},
 		{"deny_log", "2", `deny_log: 2 is not a boolean (true or false)`},
-		{"deny_log_prefix", `"this prefix is far too long for iptables"`,
-			`deny_log_prefix: "this prefix is far too long for iptables" is longer than iptables' 29 characters`},
-		{"blacklists_ipv4", "crowdsec-blacklists-way-too-long",
-			`blacklists_ipv4: "crowdsec-blacklists-way-too-long" is 32 characters long; at most 25 are allowed (the kernel's 31 minus 6 for the bouncer's suffixes)`},
-		{"blacklists_ipv6", "crowdsec-blacklists", `blacklists_ipv6: "crowdsec-blacklists" is the same as blacklists_ipv4; the families need two sets`},
 		{"ipset_type", "bitmap:ip", `ipset_type: "bitmap:ip" is not one of nethash, iphash, hash:net, hash:ip`},
-		{"ipset_size", "-5", `ipset_size: -5 must be positive`},
 		{"iptables_chains", "INPUT", `iptables_chains: "INPUT" is not a list (write one item per line, each starting with "- ")`},
 		{"iptables_chains", "[INPUT, INPUT]", `iptables_chains[1]: "INPUT" is listed twice`},
-		{"iptables_v6_chains", `["A CHAIN"]`, `iptables_v6_chains[0]: "A CHAIN" is not a valid chain name`},
 		{"disable_ipv4", "true\ndisable_ipv6: true", `disable_ipv6: true together with disable_ipv4: true leaves nothing to enforce`},
 		{"prometheus", "{listen_port: 70000}", `prometheus.listen_port: 70000 is not a TCP port (1-65535)`},
 		{"prometheus", "{enabled: sure}", `prometheus.enabled: "sure" is not a boolean (true or false)`},
@@ -107,6 +100,30 @@ func TestBadValues(t *testing.T) {
 			if !slices.Contains(strings.Split(err.Error(), "\n"), tt.want) &&
 				!strings.HasSuffix(strings.SplitN(err.Error(), "\n", 2)[0], ": "+tt.want) {
 				t.Errorf("err =\n%v\nwant a line %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestCanonicalValues: upstream's aliases and letter case are the file's
+// business; the backends receive canonical values only.
+func TestCanonicalValues(t *testing.T) {
+	tests := []struct {
+		key, value string
+		got        func(*Config) string
+		want       string
+	}{
+		{"ipset_type", "nethash", func(c *Config) string { return c.IPSetType }, IPSetHashNet},
+		{"ipset_type", "iphash", func(c *Config) string { return c.IPSetType }, IPSetHashIP},
+		{"deny_action", "reject", func(c *Config) string { return c.DenyAction }, "REJECT"},
+		{"deny_action", `""`, func(c *Config) string { return c.DenyAction }, "DROP"},
+		{"ipset_size", "0", func(c *Config) string { return fmt.Sprint(c.IPSetSize) }, "131072"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
+			c := mustLoad(t, render(map[string]string{tt.key: tt.value}), "", nil).Config
+			if got := tt.got(c); got != tt.want {
+				t.Errorf("%s: %s gives %q, want %q", tt.key, tt.value, got, tt.want)
 			}
 		})
 	}

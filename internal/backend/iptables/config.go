@@ -5,12 +5,16 @@
 package iptables
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
-	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 	"log/slog"
+	"math"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
 // Modes.
@@ -27,15 +31,9 @@ const (
 	SetTypeIP  = "hash:ip"
 )
 
-// Defaults, matching the upstream bouncer's.
-const (
-	DefaultSetName4   = "crowdsec-blacklists"
-	DefaultSetName6   = "crowdsec6-blacklists"
-	DefaultMaxElem    = 131072
-	DefaultChain      = "CROWDSEC_CHAIN"
-	DefaultDenyAction = "DROP"
-	DefaultLogPrefix  = "crowdsec: "
-)
+// DefaultChain is our chain in the filter table, as upstream names it. It
+// is no configuration key: only tests set Config.Chain.
+const DefaultChain = "CROWDSEC_CHAIN"
 
 const (
 	// maxSetName is IPSET_MAXNAMELEN-1.
@@ -52,9 +50,6 @@ const (
 
 // Sentinel errors.
 var (
-	// ErrInvalidConfig is returned by New when a configuration value is
-	// not usable; the message names the key and the value.
-	ErrInvalidConfig = errors.New("invalid backend configuration")
 	// ErrInvalidEntry is returned (joined, after the valid entries were
 	// applied) for entries the set cannot hold: wrong family, a prefix
 	// length of 0 in hash:net, a range in hash:ip. Use Backend.Validate to
@@ -77,7 +72,9 @@ var (
 )
 
 // Config configures the backend. Field comments give the upstream
-// configuration key.
+// configuration key, which New's *backend.ConfigError names. Values come
+// canonical (internal/config resolves upstream's aliases and letter case);
+// a zero field takes upstream's default (backend.Default*).
 type Config struct {
 	// Mode is "iptables" (default) or "ipset" (mode).
 	Mode        string
@@ -89,25 +86,29 @@ type Config struct {
 	SetName4 string
 	// SetName6 is blacklists_ipv6 (default crowdsec6-blacklists).
 	SetName6 string
-	// SetType is ipset_type: "hash:net" (default, upstream "nethash") or
-	// "hash:ip" ("iphash").
+	// SetType is ipset_type as the kernel names it: "hash:net" (default)
+	// or "hash:ip".
 	SetType string
 	// MaxElem is ipset_size (default 131072).
 	MaxElem int
 	// DisableTimeouts is ipset_disable_timeouts: sets get no timeout
 	// support and entries stay until deleted.
 	DisableTimeouts bool
-	// Chains4 and Chains6 are iptables_chains: the chains that jump to
+	// Chains4 and Chains6 are iptables_v4_chains and iptables_v6_chains,
+	// which default to iptables_chains: the chains that jump to
 	// ours (INPUT, FORWARD, DOCKER-USER...). A user chain that does not
 	// exist yet is skipped; Ensure adds the jump once it appears.
 	Chains4, Chains6 []string
-	// Chain is our chain in the filter table (default CROWDSEC_CHAIN).
+	// Chain is our chain in the filter table (default DefaultChain); no
+	// configuration key sets it.
 	Chain string
-	// DenyAction is deny_action: DROP (default), REJECT, TARPIT or LOG.
+	// DenyAction is deny_action, upper case: DROP (default), REJECT,
+	// TARPIT or LOG.
 	DenyAction string
 	// DenyLog is deny_log: a LOG rule before each deny rule.
 	DenyLog bool
-	// DenyLogPrefix is deny_log_prefix (default "crowdsec: ").
+	// DenyLogPrefix is deny_log_prefix (default
+	// backend.DefaultDenyLogPrefix).
 	DenyLogPrefix string
 	// RuleComments is iptables_add_rule_comments: a comment naming the
 	// origin on each match rule.
@@ -118,86 +119,42 @@ type Config struct {
 	Now func() time.Time
 }
 
-// normalized returns a copy with defaults filled in and aliases resolved,
-// or an error naming the bad key. The caller's Config is not modified.
+// denyActions are the deny_action values this backend can do: each is an
+// iptables target (TARPIT needs xtables-addons, found out at Ensure).
+var denyActions = []string{"DROP", "REJECT", "TARPIT", "LOG"}
+
+// normalized returns a copy with defaults filled in, or every value the
+// kernel cannot take as joined *backend.ConfigError. The caller's Config
+// is not modified.
 func (c Config) normalized() (Config, error) {
-	bad := func(key string, val any, why string) error {
-		return fmt.Errorf("%w: %s %q: %s", ErrInvalidConfig, key, fmt.Sprint(val), why)
-	}
+	var errs backend.ConfigErrors
 	switch c.Mode {
 	case "":
 		c.Mode = ModeIPTables
 	case ModeIPTables, ModeIPSet:
 	default:
-		return c, bad("mode", c.Mode, `must be "iptables" or "ipset"`)
+		errs.Add("mode", c.Mode, "is not a mode of this backend (iptables or ipset)")
 	}
-	if c.DisableIPv4 && c.DisableIPv6 {
-		return c, fmt.Errorf("%w: disable_ipv4 and disable_ipv6 are both true: nothing to enforce", ErrInvalidConfig)
-	}
-	if c.SetName4 == "" {
-		c.SetName4 = DefaultSetName4
-	}
-	if c.SetName6 == "" {
-		c.SetName6 = DefaultSetName6
-	}
-	limit, room := maxSetName-originSuffixLen, `"-<origin>-t"`
-	if c.Mode == ModeIPSet {
-		limit, room = maxSetName-len("-t"), `"-t"`
-	}
-	for _, kv := range [][2]string{{"blacklists_ipv4", c.SetName4}, {"blacklists_ipv6", c.SetName6}} {
-		if err := validName(kv[1]); err != nil {
-			return c, bad(kv[0], kv[1], err.Error())
-		}
-		if len(kv[1]) > limit {
-			return c, bad(kv[0], kv[1], fmt.Sprintf("longer than %d characters (ipset names are at most %d, and the backend appends %s)", limit, maxSetName, room))
-		}
-	}
-	if !c.DisableIPv4 && !c.DisableIPv6 && c.SetName4 == c.SetName6 {
-		return c, bad("blacklists_ipv6", c.SetName6, "must differ from blacklists_ipv4")
-	}
-	switch strings.ToLower(c.SetType) {
-	case "", "nethash", SetTypeNet:
-		c.SetType = SetTypeNet
-	case "iphash", SetTypeIP:
-		c.SetType = SetTypeIP
-	default:
-		return c, bad("ipset_type", c.SetType, `must be "nethash"/"hash:net" or "iphash"/"hash:ip"`)
-	}
-	switch {
-	case c.MaxElem == 0:
-		c.MaxElem = DefaultMaxElem
-	case c.MaxElem < 0 || c.MaxElem > 1<<31-1:
-		return c, bad("ipset_size", c.MaxElem, "must be between 1 and 2147483647")
-	}
-	if c.Chain == "" {
-		c.Chain = DefaultChain
-	}
+	c.SetName4 = cmp.Or(c.SetName4, backend.DefaultSetName4)
+	c.SetName6 = cmp.Or(c.SetName6, backend.DefaultSetName6)
+	c.SetType = cmp.Or(c.SetType, backend.DefaultIPSetType)
+	c.MaxElem = cmp.Or(c.MaxElem, backend.DefaultIPSetSize)
+	c.Chain = cmp.Or(c.Chain, DefaultChain)
+	c.DenyAction = cmp.Or(c.DenyAction, backend.DefaultDenyAction)
+	c.DenyLogPrefix = cmp.Or(c.DenyLogPrefix, backend.DefaultDenyLogPrefix)
+	c.checkSets(&errs)
 	if c.Mode == ModeIPTables {
-		if err := validChain(c.Chain); err != nil {
-			return c, bad("chain", c.Chain, err.Error())
-		}
-		for _, ch := range append(append([]string(nil), c.Chains4...), c.Chains6...) {
-			if err := validChain(ch); err != nil {
-				return c, bad("iptables_chains", ch, err.Error())
-			}
-			if ch == c.Chain {
-				return c, bad("iptables_chains", ch, "cannot jump from our own chain to itself")
-			}
-		}
+		c.checkChains(&errs)
 	}
-	c.DenyAction = strings.ToUpper(c.DenyAction)
-	switch c.DenyAction {
-	case "":
-		c.DenyAction = DefaultDenyAction
-	case "DROP", "REJECT", "TARPIT", "LOG":
-	default:
-		return c, bad("deny_action", c.DenyAction, "must be DROP, REJECT, TARPIT or LOG")
-	}
-	if c.DenyLogPrefix == "" {
-		c.DenyLogPrefix = DefaultLogPrefix
+	if !slices.Contains(denyActions, c.DenyAction) {
+		errs.Add("deny_action", c.DenyAction, "is not an action of mode %s (%s)", c.Mode, strings.Join(denyActions, ", "))
 	}
 	if len(c.DenyLogPrefix) > maxLogPrefix || strings.ContainsAny(c.DenyLogPrefix, "\"\\\n\r") {
-		return c, bad("deny_log_prefix", c.DenyLogPrefix, "at most 29 characters, without quotes, backslashes or newlines")
+		errs.Add("deny_log_prefix", c.DenyLogPrefix,
+			"is not an iptables --log-prefix (at most %d characters, without quotes, backslashes or newlines)", maxLogPrefix)
+	}
+	if err := errs.Err(); err != nil {
+		return c, err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -205,31 +162,81 @@ func (c Config) normalized() (Config, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	c.Chains4 = append([]string(nil), c.Chains4...)
-	c.Chains6 = append([]string(nil), c.Chains6...)
+	c.Chains4 = slices.Clone(c.Chains4)
+	c.Chains6 = slices.Clone(c.Chains6)
 	return c, nil
 }
 
-func validName(s string) error {
+// checkSets checks the set names against ipset's name limit less the
+// suffixes the backend appends, and the set type and size.
+func (c Config) checkSets(errs *backend.ConfigErrors) {
+	limit, room := maxSetName-originSuffixLen, `"-<origin>-t"`
+	if c.Mode == ModeIPSet {
+		limit, room = maxSetName-len("-t"), `"-t"`
+	}
+	for _, kv := range [][2]string{{"blacklists_ipv4", c.SetName4}, {"blacklists_ipv6", c.SetName6}} {
+		switch {
+		case !printable(kv[1]):
+			errs.Add(kv[0], kv[1], "is not an ipset name: only printable ASCII without spaces, quotes or backslashes")
+		case len(kv[1]) > limit:
+			errs.Add(kv[0], kv[1], "is %d characters long; at most %d are allowed (ipset names have at most %d, and mode %s appends %s)",
+				len(kv[1]), limit, maxSetName, c.Mode, room)
+		}
+	}
+	// ipset names are global: one name cannot hold both families.
+	if !c.DisableIPv4 && !c.DisableIPv6 && c.SetName4 == c.SetName6 {
+		errs.Add("blacklists_ipv6", c.SetName6, "is the same as blacklists_ipv4; an ipset holds one family, the families need two sets")
+	}
+	if c.SetType != SetTypeNet && c.SetType != SetTypeIP {
+		errs.Add("ipset_type", c.SetType, "is not a set type of this backend (%s or %s)", SetTypeNet, SetTypeIP)
+	}
+	if c.MaxElem < 1 || c.MaxElem > math.MaxInt32 {
+		errs.Add("ipset_size", c.MaxElem, "is not an ipset maxelem (1-%d)", math.MaxInt32)
+	}
+}
+
+// checkChains checks our chain and the chains jumping to it against
+// iptables' chain-name rules. A name in both families is reported once.
+func (c Config) checkChains(errs *backend.ConfigErrors) {
+	if err := validChain(c.Chain); err != nil {
+		errs.Add("chain", c.Chain, "is not a valid iptables chain name: %v", err)
+	}
+	seen := map[string]bool{}
+	for _, ch := range slices.Concat(c.Chains4, c.Chains6) {
+		if seen[ch] {
+			continue
+		}
+		seen[ch] = true
+		if err := validChain(ch); err != nil {
+			errs.Add("iptables_chains", ch, "is not a valid iptables chain name: %v", err)
+		} else if ch == c.Chain {
+			errs.Add("iptables_chains", ch, "is our own chain; it cannot jump to itself")
+		}
+	}
+}
+
+// printable reports whether s is a non-empty name of printable ASCII
+// without spaces, quotes or backslashes, which ipset and iptables-restore
+// take without quoting.
+func printable(s string) bool {
 	if s == "" {
-		return errors.New("empty")
+		return false
 	}
 	for _, r := range s {
 		if r <= ' ' || r > '~' || r == '"' || r == '\'' || r == '\\' {
-			return errors.New("only printable ASCII without spaces or quotes")
+			return false
 		}
 	}
-	return nil
+	return true
 }
 
 func validChain(s string) error {
-	if err := validName(s); err != nil {
-		return err
-	}
-	if len(s) > maxChainName {
-		return fmt.Errorf("longer than %d characters", maxChainName)
-	}
-	if strings.HasPrefix(s, "-") || strings.HasPrefix(s, "!") {
+	switch {
+	case !printable(s):
+		return errors.New("only printable ASCII without spaces, quotes or backslashes")
+	case len(s) > maxChainName:
+		return fmt.Errorf("longer than iptables' %d characters", maxChainName)
+	case strings.HasPrefix(s, "-") || strings.HasPrefix(s, "!"):
 		return errors.New("must not start with a dash or an exclamation mark")
 	}
 	return nil

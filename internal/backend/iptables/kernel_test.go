@@ -118,7 +118,7 @@ func TestKernelEnsureIdempotent(t *testing.T) {
 		{save4, "-A DOCKER-USER -j CROWDSEC_CHAIN", 0},
 		{save4, "-A CROWDSEC_CHAIN ", 2},
 		{save4, "--match-set crowdsec-blacklists-1 src -m comment --comment \"CrowdSec: lists:firehol\" -j CROWDSEC_LOG", 1},
-		{save4, "-A CROWDSEC_LOG -j LOG --log-prefix \"crowdsec: \"\n-A CROWDSEC_LOG -j REJECT --reject-with icmp-port-unreachable\n", 1},
+		{save4, "-A CROWDSEC_LOG -j LOG --log-prefix \"crowdsec drop: \"\n-A CROWDSEC_LOG -j REJECT --reject-with icmp-port-unreachable\n", 1},
 		{save6, "-A INPUT -j CROWDSEC_CHAIN", 1},
 		{save6, "-j REJECT --reject-with icmp6-port-unreachable", 1},
 	}

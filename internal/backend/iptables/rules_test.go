@@ -137,7 +137,7 @@ func TestPlanEnsureScripts(t *testing.T) {
 			cfg:  Config{DenyLog: true},
 			save: strings.Replace(flushedLog, "blacklists-0 src -j CROWDSEC_LOG\n", "blacklists-0 src -j CROWDSEC_LOG\n-A CROWDSEC_CHAIN -m set --match-set crowdsec-blacklists-1 src -j CROWDSEC_LOG\n", 1),
 			want: "*filter\n:CROWDSEC_LOG - [0:0]\n" +
-				"-A CROWDSEC_LOG -j LOG --log-prefix \"crowdsec: \"\n" +
+				"-A CROWDSEC_LOG -j LOG --log-prefix \"crowdsec drop: \"\n" +
 				"-A CROWDSEC_LOG -j DROP\nCOMMIT\n",
 			kinds: []string{"rule"},
 		},
@@ -146,7 +146,7 @@ func TestPlanEnsureScripts(t *testing.T) {
 			cfg:  Config{DenyLog: true, DenyAction: "LOG"},
 			save: flushedLog,
 			want: "*filter\n:CROWDSEC_LOG - [0:0]\n:CROWDSEC_CHAIN - [0:0]\n" +
-				"-A CROWDSEC_LOG -j LOG --log-prefix \"crowdsec: \"\n" +
+				"-A CROWDSEC_LOG -j LOG --log-prefix \"crowdsec drop: \"\n" +
 				"-A CROWDSEC_CHAIN -m set --match-set crowdsec-blacklists-0 src -j CROWDSEC_LOG\n" +
 				"-A CROWDSEC_CHAIN -m set --match-set crowdsec-blacklists-1 src -j CROWDSEC_LOG\nCOMMIT\n",
 			kinds: []string{"rule", "rule"},

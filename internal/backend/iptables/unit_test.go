@@ -15,49 +15,75 @@ import (
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
+// TestConfigValidation: New rejects what ipset and iptables cannot take,
+// every value at once, each as a *backend.ConfigError naming the upstream
+// key and the value (the user's -t output). Aliases, letter case and
+// "both families off" are internal/config's rules, tested there.
 func TestConfigValidation(t *testing.T) {
+	x := strings.Repeat
 	tests := []struct {
-		name    string
-		cfg     Config
-		wantKey string // "" means valid
+		name string
+		cfg  Config
+		want []string // the errors' messages; nil means valid
 	}{
-		{"defaults", Config{}, ""},
-		{"ipset mode", Config{Mode: "ipset", SetName4: "a", SetName6: "b"}, ""},
-		{"bad mode", Config{Mode: "pf"}, "mode"},
-		{"both families off", Config{DisableIPv4: true, DisableIPv6: true}, "disable_ipv4"},
-		{"set name too long for origins", Config{SetName4: strings.Repeat("x", 25)}, "blacklists_ipv4"},
-		{"set name fits ipset mode", Config{Mode: "ipset", SetName4: strings.Repeat("x", 29)}, ""},
-		{"set name too long ipset mode", Config{Mode: "ipset", SetName6: strings.Repeat("x", 30)}, "blacklists_ipv6"},
-		{"set name with space", Config{SetName4: "a b"}, "blacklists_ipv4"},
-		{"same names", Config{SetName4: "a", SetName6: "a"}, "blacklists_ipv6"},
-		{"nethash alias", Config{SetType: "nethash"}, ""},
-		{"iphash alias", Config{SetType: "iphash"}, ""},
-		{"bad set type", Config{SetType: "hash:ip,port"}, "ipset_type"},
-		{"negative size", Config{MaxElem: -1}, "ipset_size"},
-		{"bad deny action", Config{DenyAction: "ACCEPT"}, "deny_action"},
-		{"lower-case deny action", Config{DenyAction: "reject"}, ""},
-		{"long log prefix", Config{DenyLogPrefix: strings.Repeat("p", 30)}, "deny_log_prefix"},
-		{"quote in log prefix", Config{DenyLogPrefix: `a"b`}, "deny_log_prefix"},
-		{"chain jumping to itself", Config{Chains4: []string{"CROWDSEC_CHAIN"}}, "iptables_chains"},
-		{"bad hook chain", Config{Chains4: []string{"-INPUT"}}, "iptables_chains"},
-		{"chain too long", Config{Chain: strings.Repeat("C", 29)}, "chain"},
+		{"defaults", Config{}, nil},
+		{"ipset mode", Config{Mode: "ipset", SetName4: "a", SetName6: "b"}, nil},
+		{"bad mode", Config{Mode: "pf"}, []string{`mode: "pf" is not a mode of this backend (iptables or ipset)`}},
+		{"set name too long for origins", Config{SetName4: x("x", 25)}, []string{`blacklists_ipv4: "` + x("x", 25) +
+			`" is 25 characters long; at most 24 are allowed (ipset names have at most 31, and mode iptables appends "-<origin>-t")`}},
+		{"set name fits ipset mode", Config{Mode: "ipset", SetName4: x("x", 29)}, nil},
+		{"set name too long ipset mode", Config{Mode: "ipset", SetName6: x("x", 30)}, []string{`blacklists_ipv6: "` + x("x", 30) +
+			`" is 30 characters long; at most 29 are allowed (ipset names have at most 31, and mode ipset appends "-t")`}},
+		{"set name too long, upstream default length", Config{SetName4: "crowdsec-blacklists-way-too-long"}, []string{
+			`blacklists_ipv4: "crowdsec-blacklists-way-too-long" is 32 characters long; at most 24 are allowed (ipset names have at most 31, and mode iptables appends "-<origin>-t")`}},
+		{"set name with space", Config{SetName4: "a b"}, []string{`blacklists_ipv4: "a b" is not an ipset name: only printable ASCII without spaces, quotes or backslashes`}},
+		{"same names", Config{SetName4: "a", SetName6: "a"}, []string{`blacklists_ipv6: "a" is the same as blacklists_ipv4; an ipset holds one family, the families need two sets`}},
+		{"same names, one family", Config{SetName4: "a", SetName6: "a", DisableIPv6: true}, nil},
+		{"bad set type", Config{SetType: "hash:ip,port"}, []string{`ipset_type: "hash:ip,port" is not a set type of this backend (hash:net or hash:ip)`}},
+		{"alias not resolved here", Config{SetType: "nethash"}, []string{`ipset_type: "nethash" is not a set type of this backend (hash:net or hash:ip)`}},
+		{"negative size", Config{MaxElem: -5}, []string{`ipset_size: -5 is not an ipset maxelem (1-2147483647)`}},
+		{"size past maxelem", Config{MaxElem: 1 << 31}, []string{`ipset_size: 2147483648 is not an ipset maxelem (1-2147483647)`}},
+		{"bad deny action", Config{DenyAction: "ACCEPT"}, []string{`deny_action: "ACCEPT" is not an action of mode iptables (DROP, REJECT, TARPIT, LOG)`}},
+		{"tarpit", Config{DenyAction: "TARPIT"}, nil},
+		{"long log prefix", Config{DenyLogPrefix: "this prefix is far too long for iptables"}, []string{
+			`deny_log_prefix: "this prefix is far too long for iptables" is not an iptables --log-prefix (at most 29 characters, without quotes, backslashes or newlines)`}},
+		{"log prefix at the limit", Config{DenyLogPrefix: x("p", 29)}, nil},
+		{"quote in log prefix", Config{DenyLogPrefix: `a"b`}, []string{
+			`deny_log_prefix: "a\"b" is not an iptables --log-prefix (at most 29 characters, without quotes, backslashes or newlines)`}},
+		{"chain jumping to itself", Config{Chains4: []string{"CROWDSEC_CHAIN"}}, []string{`iptables_chains: "CROWDSEC_CHAIN" is our own chain; it cannot jump to itself`}},
+		{"bad hook chain", Config{Chains4: []string{"-INPUT"}}, []string{`iptables_chains: "-INPUT" is not a valid iptables chain name: must not start with a dash or an exclamation mark`}},
+		{"chain with space, once for both families", Config{Chains4: []string{"INPUT"}, Chains6: []string{"A CHAIN"}}, []string{
+			`iptables_chains: "A CHAIN" is not a valid iptables chain name: only printable ASCII without spaces, quotes or backslashes`}},
+		{"hook chain too long", Config{Chains4: []string{x("C", 29)}}, []string{`iptables_chains: "` + x("C", 29) + `" is not a valid iptables chain name: longer than iptables' 28 characters`}},
+		{"chains not checked in ipset mode", Config{Mode: "ipset", Chains4: []string{"-X"}}, nil},
+		{"chain too long", Config{Chain: x("C", 29)}, []string{`chain: "` + x("C", 29) + `" is not a valid iptables chain name: longer than iptables' 28 characters`}},
+		{"every error at once", Config{SetName4: "a b", DenyAction: "ACCEPT"}, []string{
+			`blacklists_ipv4: "a b" is not an ipset name: only printable ASCII without spaces, quotes or backslashes`,
+			`deny_action: "ACCEPT" is not an action of mode iptables (DROP, REJECT, TARPIT, LOG)`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			orig := tc.cfg
 			orig.Chains4 = slices.Clone(tc.cfg.Chains4)
 			b, err := New(tc.cfg)
-			if tc.wantKey == "" {
+			if tc.want == nil {
 				if err != nil {
 					t.Fatalf("New() error = %v, want nil", err)
 				}
 				if b.cfg.SetType != SetTypeNet && b.cfg.SetType != SetTypeIP {
-					t.Fatalf("SetType not normalized: %q", b.cfg.SetType)
+					t.Fatalf("SetType not defaulted: %q", b.cfg.SetType)
 				}
 				return
 			}
-			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.wantKey) {
-				t.Fatalf("New() error = %v, want ErrInvalidConfig naming %q", err, tc.wantKey)
+			if !errors.Is(err, backend.ErrInvalidConfig) {
+				t.Fatalf("New() error = %v, want backend.ErrInvalidConfig", err)
+			}
+			var ce *backend.ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("New() error %v holds no *backend.ConfigError", err)
+			}
+			if got := strings.Split(err.Error(), "\n"); !slices.Equal(got, tc.want) {
+				t.Fatalf("New() errors =\n%q\nwant\n%q", got, tc.want)
 			}
 			if !slices.Equal(orig.Chains4, tc.cfg.Chains4) {
 				t.Fatal("New modified the caller's config")

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,19 +11,8 @@ import (
 	"time"
 
 	gnft "github.com/google/nftables"
-)
 
-// Defaults, matching the upstream bouncer's.
-const (
-	DefaultTable4     = "crowdsec"
-	DefaultTable6     = "crowdsec6"
-	DefaultChain4     = "crowdsec-chain"
-	DefaultChain6     = "crowdsec6-chain"
-	DefaultSetName4   = "crowdsec-blacklists"
-	DefaultSetName6   = "crowdsec6-blacklists"
-	DefaultDenyAction = "DROP"
-	DefaultLogPrefix  = "crowdsec drop: "
-	DefaultHook       = "input"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
 // maxName is the kernel's limit for table, chain, set and object names
@@ -40,10 +30,6 @@ var hooks = map[string]*gnft.ChainHook{
 	"output":      gnft.ChainHookOutput,
 	"postrouting": gnft.ChainHookPostrouting,
 }
-
-// ErrInvalidConfig is returned by New when a configuration value is not
-// usable; the message names the key and the value.
-var ErrInvalidConfig = errors.New("invalid backend configuration")
 
 // Family configures one address family: nftables.ipv4 or nftables.ipv6
 // plus blacklists_ipv4/blacklists_ipv6.
@@ -66,12 +52,16 @@ type Family struct {
 	SetName string
 }
 
-// Config configures the backend.
+// Config configures the backend. Field comments give the upstream
+// configuration key, which New's *backend.ConfigError names. Values come
+// canonical (internal/config lower-cases hooks and upper-cases the deny
+// action); a zero field takes upstream's default (backend.Default*).
 type Config struct {
 	IPv4, IPv6 Family
 	// Hooks is nftables_hooks (default [input]).
 	Hooks []string
-	// DenyAction is deny_action: DROP (default) or REJECT.
+	// DenyAction is deny_action: DROP (default) or REJECT; nftables has
+	// no TARPIT, and LOG alone is not offered.
 	DenyAction string
 	// DenyLog is deny_log: log matching packets before the verdict.
 	DenyLog bool
@@ -86,60 +76,34 @@ type Config struct {
 	Now func() time.Time
 }
 
-// normalized returns a copy with defaults filled in, or an error naming
-// the bad key. The caller's Config is not modified.
+// normalized returns a copy with defaults filled in, or every value the
+// kernel cannot take as joined *backend.ConfigError. The caller's Config
+// is not modified.
 func (c Config) normalized() (Config, error) {
-	bad := func(key string, val any, why string) error {
-		return fmt.Errorf("%w: %s %q: %s", ErrInvalidConfig, key, fmt.Sprint(val), why)
-	}
-	if !c.IPv4.Enabled && !c.IPv6.Enabled {
-		return c, fmt.Errorf("%w: nftables.ipv4.enabled and nftables.ipv6.enabled are both false: nothing to enforce", ErrInvalidConfig)
-	}
-	def := func(s *string, d string) {
-		if *s == "" {
-			*s = d
-		}
-	}
-	def(&c.IPv4.Table, DefaultTable4)
-	def(&c.IPv6.Table, DefaultTable6)
-	def(&c.IPv4.Chain, DefaultChain4)
-	def(&c.IPv6.Chain, DefaultChain6)
-	def(&c.IPv4.SetName, DefaultSetName4)
-	def(&c.IPv6.SetName, DefaultSetName6)
-	def(&c.DenyAction, DefaultDenyAction)
-	def(&c.DenyLogPrefix, DefaultLogPrefix)
-	for _, f := range []struct {
-		key string
-		f   Family
-	}{{"nftables.ipv4", c.IPv4}, {"nftables.ipv6", c.IPv6}} {
-		for _, kv := range [][2]string{{".table", f.f.Table}, {".chain", f.f.Chain}, {" blacklists", f.f.SetName}} {
-			if err := validName(kv[1]); err != nil {
-				return c, bad(f.key+kv[0], kv[1], err.Error())
-			}
-		}
-		if f.f.Priority < math.MinInt32 || f.f.Priority > math.MaxInt32 {
-			return c, bad(f.key+".priority", f.f.Priority, "outside the 32-bit range")
-		}
-	}
-	if len(c.Hooks) == 0 {
-		c.Hooks = []string{DefaultHook}
-	}
+	var errs backend.ConfigErrors
+	c.IPv4 = c.IPv4.normalized("nftables.ipv4", "blacklists_ipv4",
+		backend.DefaultNFTTable4, backend.DefaultNFTChain4, backend.DefaultSetName4, &errs)
+	c.IPv6 = c.IPv6.normalized("nftables.ipv6", "blacklists_ipv6",
+		backend.DefaultNFTTable6, backend.DefaultNFTChain6, backend.DefaultSetName6, &errs)
 	c.Hooks = slices.Clone(c.Hooks)
+	if len(c.Hooks) == 0 {
+		c.Hooks = []string{backend.DefaultNFTHook}
+	}
 	for i, h := range c.Hooks {
-		c.Hooks[i] = strings.ToLower(h)
-		if hooks[c.Hooks[i]] == nil {
-			return c, bad("nftables_hooks", h, "not one of prerouting, input, forward, output, postrouting")
-		}
-		if slices.Contains(c.Hooks[:i], c.Hooks[i]) {
-			return c, bad("nftables_hooks", h, "listed twice")
+		if hooks[h] == nil {
+			errs.Add(fmt.Sprintf("nftables_hooks[%d]", i), h, "is not a hook of this backend (prerouting, input, forward, output, postrouting)")
 		}
 	}
-	c.DenyAction = strings.ToUpper(c.DenyAction)
+	c.DenyAction = cmp.Or(c.DenyAction, backend.DefaultDenyAction)
 	if c.DenyAction != "DROP" && c.DenyAction != "REJECT" {
-		return c, bad("deny_action", c.DenyAction, "must be DROP or REJECT in mode nftables")
+		errs.Add("deny_action", c.DenyAction, "is not supported in mode nftables (DROP or REJECT)")
 	}
+	c.DenyLogPrefix = cmp.Or(c.DenyLogPrefix, backend.DefaultDenyLogPrefix)
 	if len(c.DenyLogPrefix) > maxLogPrefix {
-		return c, bad("deny_log_prefix", c.DenyLogPrefix, fmt.Sprintf("longer than %d characters", maxLogPrefix))
+		errs.Add("deny_log_prefix", c.DenyLogPrefix, "is longer than nftables' %d characters", maxLogPrefix)
+	}
+	if err := errs.Err(); err != nil {
+		return c, err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -150,12 +114,30 @@ func (c Config) normalized() (Config, error) {
 	return c, nil
 }
 
+// normalized fills one family's defaults and checks its names against
+// the kernel's limit and its priority against the kernel's 32 bits.
+func (f Family) normalized(prefix, setKey, table, chain, set string, errs *backend.ConfigErrors) Family {
+	f.Table = cmp.Or(f.Table, table)
+	f.Chain = cmp.Or(f.Chain, chain)
+	f.SetName = cmp.Or(f.SetName, set)
+	for _, kv := range [][2]string{{prefix + ".table", f.Table}, {prefix + ".chain", f.Chain}, {setKey, f.SetName}} {
+		if err := validName(kv[1]); err != nil {
+			errs.Add(kv[0], kv[1], "%v", err)
+		}
+	}
+	if f.Priority < math.MinInt32 || f.Priority > math.MaxInt32 {
+		errs.Add(prefix+".priority", f.Priority, "is outside the 32-bit range of nftables priorities")
+	}
+	return f
+}
+
+// validName checks a table, chain or set name. The backend appends
+// "-<hook>" to chain names, "-postrouting" the longest; the same room is
+// kept in every name.
 func validName(s string) error {
 	switch {
-	case s == "":
-		return errors.New("empty")
 	case len(s) > maxName-len("-postrouting"):
-		return fmt.Errorf("longer than %d characters", maxName-len("-postrouting"))
+		return fmt.Errorf("is %d characters long; at most %d are allowed", len(s), maxName-len("-postrouting"))
 	case strings.ContainsAny(s, "\x00\n\"' \t"):
 		return errors.New("must not contain spaces, quotes or control characters")
 	}
