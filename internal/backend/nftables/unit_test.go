@@ -1,10 +1,14 @@
 package nftables
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
 func TestMirrorRoots(t *testing.T) {
@@ -41,16 +45,54 @@ func TestRangeToPrefixes(t *testing.T) {
 	}
 }
 
+// TestNewValidates: New rejects what nf_tables cannot take, every value at
+// once, each as a *backend.ConfigError naming the upstream key and the
+// value. Hook names' letter case, a hook listed twice and both families
+// off are internal/config's rules, tested there.
 func TestNewValidates(t *testing.T) {
-	for _, c := range []Config{
-		{},
-		{IPv4: Family{Enabled: true}, Hooks: []string{"ingres"}},
-		{IPv4: Family{Enabled: true}, DenyAction: "TARPIT"},
-		{IPv4: Family{Enabled: true, Table: "a b"}},
-	} {
-		if _, err := New(c); err == nil {
-			t.Errorf("New(%+v) accepted", c)
-		}
+	v4 := Family{Enabled: true}
+	long := strings.Repeat("c", 250)
+	tests := []struct {
+		name string
+		cfg  Config
+		want []string
+	}{
+		{"unknown hook", Config{IPv4: v4, Hooks: []string{"input", "ingres"}},
+			[]string{`nftables_hooks[1]: "ingres" is not a hook of this backend (prerouting, input, forward, output, postrouting)`}},
+		{"tarpit", Config{IPv4: v4, DenyAction: "TARPIT"},
+			[]string{`deny_action: "TARPIT" is not supported in mode nftables (DROP or REJECT)`}},
+		{"table with space", Config{IPv4: v4, IPv6: Family{Table: "my table"}},
+			[]string{`nftables.ipv6.table: "my table" must not contain spaces, quotes or control characters`}},
+		{"priority range", Config{IPv4: Family{Enabled: true, Priority: 3000000000}},
+			[]string{`nftables.ipv4.priority: 3000000000 is outside the 32-bit range of nftables priorities`}},
+		{"chain too long", Config{IPv4: Family{Enabled: true, Chain: long}},
+			[]string{`nftables.ipv4.chain: "` + long + `" is 250 characters long; at most 243 are allowed`}},
+		{"set name too long", Config{IPv4: Family{Enabled: true, SetName: long}},
+			[]string{`blacklists_ipv4: "` + long + `" is 250 characters long; at most 243 are allowed`}},
+		{"log prefix too long", Config{IPv4: v4, DenyLogPrefix: strings.Repeat("p", 128)},
+			[]string{`deny_log_prefix: "` + strings.Repeat("p", 128) + `" is longer than nftables' 127 characters`}},
+		{"every error at once", Config{IPv4: v4, DenyAction: "LOG", Hooks: []string{"ingress"}}, []string{
+			`nftables_hooks[0]: "ingress" is not a hook of this backend (prerouting, input, forward, output, postrouting)`,
+			`deny_action: "LOG" is not supported in mode nftables (DROP or REJECT)`}},
+		{"log prefix past iptables' limit", Config{IPv4: v4, DenyLogPrefix: strings.Repeat("p", 127)}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(tc.cfg)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("New: %v", err)
+				}
+				return
+			}
+			var ce *backend.ConfigError
+			if !errors.Is(err, backend.ErrInvalidConfig) || !errors.As(err, &ce) {
+				t.Fatalf("New: %v, want *backend.ConfigError", err)
+			}
+			if got := strings.Split(err.Error(), "\n"); !slices.Equal(got, tc.want) {
+				t.Fatalf("New errors =\n%q\nwant\n%q", got, tc.want)
+			}
+		})
 	}
 	b, err := New(Config{IPv4: Family{Enabled: true}})
 	if err != nil {
