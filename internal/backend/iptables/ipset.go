@@ -493,9 +493,16 @@ func cString(b []byte) string {
 
 // listNames returns the names of all sets in this network namespace.
 func (s *nlSocket) listNames(ctx context.Context) ([]string, error) {
-	m := ipsetMsg(ipsetCmdList, flagsDump, "")
-	m.u32be(attrFlags, flagListSetName)
-	msgs, err := s.do(ctx, "list", "(all)", m)
+	var msgs []nlMessage
+	// A dump answers EBUSY while another one, or a swap or destroy, is
+	// under way (another program's `ipset list`): ride it out as for swaps.
+	err := retryBusy(ctx, func() error {
+		m := ipsetMsg(ipsetCmdList, flagsDump, "")
+		m.u32be(attrFlags, flagListSetName)
+		var err error
+		msgs, err = s.do(ctx, "list", "(all)", m)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
