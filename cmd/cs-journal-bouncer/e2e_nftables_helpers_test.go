@@ -30,6 +30,7 @@ type nftObj struct {
 	} `json:"chain"`
 	Rule *struct {
 		Family, Table, Chain, Comment string
+		Handle                        int
 		Expr                          []json.RawMessage
 	} `json:"rule"`
 	Counter *struct {
