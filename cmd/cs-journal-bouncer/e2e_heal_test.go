@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,18 +81,22 @@ var faults = []fault{
 	}},
 }
 
-// healMode is what the fault matrix needs to know of a firewall mode.
-type healMode struct {
+// e2eMode is what the mode-agnostic tests (fault matrix, kill -9) need to
+// know of a firewall mode.
+type e2eMode struct {
 	opts func(bouncerOpts) bouncerOpts
 	// save sets up the administrator's own rules and saves them, as a
 	// reload of their firewall would bring them back.
 	save   func(t *testing.T) (saved4, saved6 string)
 	faults []fault
-	// once checks our hook rules are there exactly once.
+	// once checks our hook rules are there exactly once and nothing
+	// temporary is left.
 	once func(t *testing.T)
+	// members reads every member of our sets, sorted.
+	members func(t *testing.T) []netip.Prefix
 }
 
-var iptablesHeal = healMode{
+var iptablesE2E = e2eMode{
 	opts: func(o bouncerOpts) bouncerOpts { return o },
 	save: func(t *testing.T) (string, string) {
 		sh(t, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
@@ -108,15 +113,19 @@ var iptablesHeal = healMode{
 	faults: faults,
 	once: func(t *testing.T) {
 		if n := strings.Count(sh(t, "iptables-save"), "-j CROWDSEC_CHAIN"); n != 1 {
-			t.Fatalf("%d jump rules after the heal run, want 1", n)
+			t.Fatalf("%d jump rules, want 1", n)
+		}
+		if strings.Contains(sh(t, "ipset", "list", "-n"), "-t\n") {
+			t.Fatalf("temporary sets left behind:\n%s", sh(t, "ipset", "list", "-n"))
 		}
 	},
+	members: kernelMembers,
 }
 
 // testHeal runs every fault against one running bouncer: after each, the
 // banned peer must be dropped again (v4 and v6), the clean one must pass, the
 // bouncer's PID must be unchanged and its log must show the repair.
-func testHeal(t *testing.T, lapiUp bool, m healMode) {
+func testHeal(t *testing.T, lapiUp bool, m e2eMode) {
 	l := testenv.StartLAPI(t)
 	p := testenv.NewPeers(t)
 	saved4, saved6 := m.save(t)
@@ -150,14 +159,14 @@ func TestE2EHealWithLAPIUp(t *testing.T) {
 	if !e2eSetup(t) {
 		return
 	}
-	testHeal(t, true, iptablesHeal)
+	testHeal(t, true, iptablesE2E)
 }
 
 func TestE2EHealWithLAPIDown(t *testing.T) {
 	if !e2eSetup(t) {
 		return
 	}
-	testHeal(t, false, iptablesHeal)
+	testHeal(t, false, iptablesE2E)
 }
 
 // A replay that keeps failing climbs the ladder and ends in exit code 3. The

@@ -50,7 +50,7 @@ var nftFaults = []fault{
 	{"nft -f of the ruleset saved before start", func(t *testing.T, saved, _ string) { sh(t, "nft", "-f", saved) }},
 }
 
-var nftHeal = healMode{
+var nftE2E = e2eMode{
 	opts: nftMode,
 	save: func(t *testing.T) (string, string) {
 		sh(t, "nft", "add table inet filter")
@@ -62,8 +62,9 @@ var nftHeal = healMode{
 		}
 		return saved, ""
 	},
-	faults: nftFaults,
-	once:   requireRulesOnce,
+	faults:  nftFaults,
+	once:    requireRulesOnce,
+	members: nftMembers,
 }
 
 func TestE2ENFTablesHealWithLAPIUp(t *testing.T) {
@@ -71,7 +72,7 @@ func TestE2ENFTablesHealWithLAPIUp(t *testing.T) {
 	if !e2eSetup(t) {
 		return
 	}
-	testHeal(t, true, nftHeal)
+	testHeal(t, true, nftE2E)
 }
 
 func TestE2ENFTablesHealWithLAPIDown(t *testing.T) {
@@ -79,5 +80,14 @@ func TestE2ENFTablesHealWithLAPIDown(t *testing.T) {
 	if !e2eSetup(t) {
 		return
 	}
-	testHeal(t, false, nftHeal)
+	testHeal(t, false, nftE2E)
+}
+
+// kill -9 at random moments during a 100k sync, 20 times, as for iptables;
+// the rules of the 22 starts must be there once.
+func TestE2ENFTablesKill9During100kSync(t *testing.T) {
+	if !e2eSetup(t) {
+		return
+	}
+	testKill9During100kSync(t, nftE2E)
 }
