@@ -29,6 +29,9 @@ func TestBenchNFTablesStartup(t *testing.T) {
 	cfg := writeConfig(t, nil, nftMode(bouncerOpts{URL: url, Key: "bench"}))
 	start := time.Now()
 	b := launch(t, cfg)
+	if os.Getenv("CSJB_BENCH_VERBOSE") != "" {
+		t.Cleanup(func() { fmt.Printf("bench nftables cold-start log:\n%s\n", b.out.String()) })
+	}
 	b.waitLog(t, "pulled decisions", 60*time.Second)
 	cold := logTime(t, b, "pulled decisions").Sub(start)
 	fmt.Printf("bench nftables cold start → %d bans in the kernel: %v (%.2f× nft -f; target ≤ 0.7×; upstream measured 4.6–7.8 s)\n",
