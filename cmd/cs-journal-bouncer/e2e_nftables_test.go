@@ -288,3 +288,50 @@ func requireConfigTestChangesNothing(t *testing.T, b *bouncer, cfg string, p *te
 	}
 	requireDropped(t, p, p.Banned4, within)
 }
+
+// Set-only mode fills the administrator's own sets, in their own ip and
+// ip6 tables, and touches nothing else of theirs: their rules do the
+// dropping, and a stop empties our sets and leaves their tables.
+func TestE2ENFTablesSetOnly(t *testing.T) {
+	t.Parallel()
+	if !e2eSetup(t) {
+		return
+	}
+	l := testenv.StartLAPI(t)
+	p := testenv.NewPeers(t)
+	for _, f := range []struct{ fam, set, match string }{{"ip", "crowdsec-blacklists", "ip"}, {"ip6", "crowdsec6-blacklists", "ip6"}} {
+		sh(t, "nft", "add table "+f.fam+" filter")
+		sh(t, "nft", "add set "+f.fam+" filter "+f.set+" { type "+map[string]string{"ip": "ipv4_addr", "ip6": "ipv6_addr"}[f.fam]+" ; flags timeout ; }")
+		sh(t, "nft", "add chain "+f.fam+" filter input { type filter hook input priority 0 ; policy accept ; }")
+		sh(t, "nft", "add rule "+f.fam+" filter input tcp dport 9 accept")
+		sh(t, "nft", "add rule "+f.fam+" filter input "+f.match+" saddr @"+f.set+" drop")
+	}
+	theirs := sh(t, "nft", "-s", "-t", "list", "ruleset")
+	cfg := writeConfig(t, l, bouncerOpts{Mode: "nftables", OnShutdown: "remove",
+		Extra: "nftables:\n  ipv4:\n    set-only: true\n    table: filter\n  ipv6:\n    set-only: true\n    table: filter"})
+	b := startBouncer(t, cfg)
+	l.AddDecision(t, "crowdsec", "Ip", p.Banned4.String(), "4h")
+	l.CSCLI(t, "decisions", "add", "--ip", p.Banned6.String(), "-d", "4h")
+	requireDropped(t, p, p.Banned4, within)
+	requireDropped(t, p, p.Banned6, within)
+	if got := sh(t, "nft", "-s", "-t", "list", "ruleset"); got != theirs {
+		t.Fatalf("set-only mode changed more than set elements:\nbefore:\n%s\nafter:\n%s", theirs, got)
+	}
+	for _, w := range []struct {
+		fam, set string
+		addr     netip.Addr
+	}{{"ip", "crowdsec-blacklists", p.Banned4}, {"ip6", "crowdsec6-blacklists", p.Banned6}} {
+		es := nftSet(t, w.fam, "filter", w.set)
+		if len(es) != 1 || es[0].Prefix.Addr() != w.addr {
+			t.Fatalf("%s filter %s holds %v, want only %s", w.fam, w.set, es, w.addr)
+		}
+	}
+	b.stop(t)
+	if got := sh(t, "nft", "-s", "-t", "list", "ruleset"); got != theirs {
+		t.Fatalf("stop changed their ruleset:\nbefore:\n%s\nafter:\n%s", theirs, got)
+	}
+	if es := append(nftSet(t, "ip", "filter", "crowdsec-blacklists"), nftSet(t, "ip6", "filter", "crowdsec6-blacklists")...); len(es) != 0 {
+		t.Fatalf("on_shutdown: remove left %v in the sets", es)
+	}
+	requirePasses(t, p, p.Banned4, within)
+}
