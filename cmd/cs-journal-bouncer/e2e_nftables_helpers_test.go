@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -175,21 +174,6 @@ func nftMembers(t *testing.T) []netip.Prefix {
 	}
 	slices.SortFunc(out, comparePrefix)
 	return out
-}
-
-// nftOurRules counts, per family/table/chain, the rules carrying our
-// comment: a restart must never add a second copy.
-func nftOurRules(t *testing.T) map[string]int {
-	t.Helper()
-	n := map[string]int{}
-	for _, ft := range nftTables {
-		for _, o := range nftList(t, "table", ft[0], ft[1]) {
-			if o.Rule != nil && strings.HasPrefix(o.Rule.Comment, "cs-journal-bouncer: ") {
-				n[fmt.Sprintf("%s %s %s", o.Rule.Family, o.Rule.Table, o.Rule.Chain)]++
-			}
-		}
-	}
-	return n
 }
 
 // requireRulesOnce checks each of our chains holds each of our rules once:

@@ -108,7 +108,7 @@ func TestE2ENFTablesObjectsAndDuplicates(t *testing.T) {
 	importCSV(t, l, rows)
 	imported := time.Now()
 	es4 = waitElems(t, "ip", "crowdsec", set4, 77)
-	es6 = waitElems(t, "ip6", "crowdsec6", set6, 76)
+	waitElems(t, "ip6", "crowdsec6", set6, 76)
 	one, ok := hasElem(es4, netip.MustParsePrefix("203.0.113.7/32"))
 	if !ok {
 		t.Fatal("203.0.113.7 not in the kernel")

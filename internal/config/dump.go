@@ -81,10 +81,6 @@ type dumpNFTFamily struct {
 	Priority int    `yaml:"priority"`
 }
 
-func nftDump(f NFTablesFamily) dumpNFTFamily {
-	return dumpNFTFamily{Enabled: f.Enabled, SetOnly: f.SetOnly, Table: f.Table, Chain: f.Chain, Priority: f.Priority}
-}
-
 // Dump writes the effective configuration (defaults filled in, aliases
 // resolved, per-family chains resolved) as YAML that Load accepts, for
 // `-T`. The api_key value is replaced by "********"; certificate and key
@@ -107,13 +103,13 @@ func (c *Config) Dump(w io.Writer) error {
 		IPTablesChains: c.IPTablesChains, IPTablesV4Chains: c.IPTablesV4Chains,
 		IPTablesV6Chains: c.IPTablesV6Chains, IPTablesAddRuleComments: c.IPTablesAddRuleComments,
 		NFTablesHooks: c.NFTablesHooks,
-		JournalPath: c.JournalPath, OnShutdown: c.OnShutdown,
+		JournalPath:   c.JournalPath, OnShutdown: c.OnShutdown,
 		FullResyncInterval: fmtDuration(c.FullResyncInterval),
 	}
 	if c.APIKey != "" {
 		doc.APIKey = mask
 	}
-	doc.NFTables.IPv4, doc.NFTables.IPv6 = nftDump(c.NFTables.IPv4), nftDump(c.NFTables.IPv6)
+	doc.NFTables.IPv4, doc.NFTables.IPv6 = dumpNFTFamily(c.NFTables.IPv4), dumpNFTFamily(c.NFTables.IPv6)
 	doc.Prometheus.Enabled = c.Prometheus.Enabled
 	doc.Prometheus.ListenAddr = c.Prometheus.ListenAddr
 	doc.Prometheus.ListenPort = c.Prometheus.ListenPort

@@ -29,12 +29,8 @@ type slot struct {
 	interval bool
 }
 
-// route picks an entry's set, or says why the backend refuses it.
-func (b *Backend) route(e backend.Entry) (slot, *backend.Rejection) {
-	return b.routeIn(b.setNames(), e)
-}
-
-// routeIn is route with the name table of the operation at hand.
+// routeIn picks an entry's set, or says why the backend refuses it;
+// names is the set name table of the operation at hand.
 func (b *Backend) routeIn(names map[backend.SetKey]string, e backend.Entry) (slot, *backend.Rejection) {
 	reject := func(reason, why string) (slot, *backend.Rejection) {
 		return slot{}, &backend.Rejection{Entry: e, Reason: reason,
