@@ -101,27 +101,30 @@ func New(cfg Config) (*Backend, error) {
 // operation (a failed batch leaves no stray acks behind) with large
 // buffers, so that one transaction may hold a million elements.
 func newConn() (*gnft.Conn, error) {
-	c, err := gnft.New(gnft.WithSockOptions(func(nc *netlink.Conn) error {
-		raw, err := nc.SyscallConn()
-		if err != nil {
-			return err
-		}
-		var serr error
-		if err := raw.Control(func(fd uintptr) {
-			for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
-				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, sockBuf); e != nil && serr == nil {
-					serr = fmt.Errorf("setsockopt %d: %w", opt, e)
-				}
-			}
-		}); err != nil {
-			return err
-		}
-		return serr
-	}))
+	c, err := gnft.New(gnft.WithSockOptions(setBuffers))
 	if err != nil {
 		return nil, fmt.Errorf("nftables connection: %w", err)
 	}
 	return c, nil
+}
+
+// setBuffers forces sockBuf send and receive buffers on a netlink socket.
+func setBuffers(nc *netlink.Conn) error {
+	raw, err := nc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, sockBuf); e != nil && serr == nil {
+				serr = fmt.Errorf("setsockopt %d: %w", opt, e)
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 // SetOrigins declares the origins whose sets and rules must exist.

@@ -109,11 +109,10 @@ func elems(dst []gnft.SetElement, p netip.Prefix, interval bool, to time.Duratio
 
 // writer queues element messages of at most perMsg elements.
 type writer struct {
-	conn *gnft.Conn
-	set  *gnft.Set
-	buf  []gnft.SetElement
-	op   func(*gnft.Set, []gnft.SetElement) error
-	err  error
+	set *gnft.Set
+	buf []gnft.SetElement
+	op  func(*gnft.Set, []gnft.SetElement) error
+	err error
 }
 
 func (w *writer) put(e ...gnft.SetElement) {
@@ -139,7 +138,7 @@ func (b *Backend) queueAdd(set *gnft.Set, items []item) error {
 		op func(*gnft.Set, []gnft.SetElement) error
 		to bool
 	}{{b.conn.SetAddElements, true}, {b.conn.SetDeleteElements, false}, {b.conn.SetAddElements, true}} {
-		w := &writer{conn: b.conn, set: set, op: step.op}
+		w := &writer{set: set, op: step.op}
 		for _, it := range items {
 			to := it.to
 			if !step.to {
@@ -159,7 +158,7 @@ func (b *Backend) queueAdd(set *gnft.Set, items []item) error {
 // cannot fail for want of it.
 func (b *Backend) queueDel(set *gnft.Set, items []item) error {
 	for _, op := range []func(*gnft.Set, []gnft.SetElement) error{b.conn.SetAddElements, b.conn.SetDeleteElements} {
-		w := &writer{conn: b.conn, set: set, op: op}
+		w := &writer{set: set, op: op}
 		for _, it := range items {
 			w.put(elems(nil, it.p, set.Interval, 0)...)
 		}
@@ -310,7 +309,7 @@ func (b *Backend) queueMirror(set *gnft.Set, dels []netip.Prefix, adds map[netip
 
 // queueOps queues one operation over items.
 func (b *Backend) queueOps(set *gnft.Set, items []item, op func(*gnft.Set, []gnft.SetElement) error) error {
-	w := &writer{conn: b.conn, set: set, op: op}
+	w := &writer{set: set, op: op}
 	for _, it := range items {
 		w.put(elems(nil, it.p, set.Interval, it.to)...)
 	}
@@ -406,17 +405,17 @@ func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
 	}
 	now := b.cfg.Now()
 	slots, at, rej := b.replaySlots(active)
+	tx := &rawTx{}
 	for _, s := range slots {
-		b.conn.FlushSet(b.setRef(s))
+		tx.flushSet(b.setRef(s))
 	}
 	for i, s := range slots {
-		if err := b.replaySet(s, active, at, int32(i), now); err != nil {
-			b.conn = mustReset(b.conn)
+		if err := b.replaySet(tx, s, active, at, int32(i), now); err != nil {
 			b.forgetMirrors()
 			return errors.Join(err, rejected(rej))
 		}
 	}
-	if err := b.conn.Flush(); err != nil {
+	if err := tx.commit(); err != nil {
 		b.forgetMirrors()
 		return errors.Join(fmt.Errorf("nftables replay: %w", err), rejected(rej))
 	}
@@ -466,7 +465,7 @@ func (b *Backend) replaySlots(active []backend.Entry) ([]slot, []int32, []backen
 
 // replaySet queues the elements of slot number si: a pass over active per
 // set keeps memory to one message's worth of elements.
-func (b *Backend) replaySet(s slot, active []backend.Entry, at []int32, si int32, now time.Time) error {
+func (b *Backend) replaySet(tx *rawTx, s slot, active []backend.Entry, at []int32, si int32, now time.Time) error {
 	set := b.setRef(s)
 	if s.interval {
 		m := newMirror()
@@ -474,12 +473,19 @@ func (b *Backend) replaySet(s slot, active []backend.Entry, at []int32, si int32
 			if at[i] != si {
 				continue
 			}
-			if _, ok := b.timeout(set, e.Until, now); ok {
-				m.want[e.Prefix] = later(m.want[e.Prefix], e.Until)
+			if _, ok := b.timeout(set, e.Until, now); !ok {
+				continue
+			}
+			// later() reads a zero time as "no expiry": only merge with
+			// an expiry that is there.
+			if old, dup := m.want[e.Prefix]; dup {
+				m.want[e.Prefix] = later(old, e.Until)
+			} else {
+				m.want[e.Prefix] = e.Until
 			}
 		}
 		b.mirrors[s.name] = m
-		w := &writer{conn: b.conn, set: set, op: b.conn.SetAddElements}
+		w := &writer{set: set, op: tx.addElements}
 		for _, c := range m.update(nil, nil, now) {
 			to, _ := b.timeout(set, c.until, now)
 			w.put(elems(nil, c.p, true, to)...)
@@ -487,7 +493,7 @@ func (b *Backend) replaySet(s slot, active []backend.Entry, at []int32, si int32
 		w.flush()
 		return w.err
 	}
-	w := &writer{conn: b.conn, set: set, op: b.conn.SetAddElements}
+	w := &writer{set: set, op: tx.addElements}
 	var one [2]gnft.SetElement
 	for i, e := range active {
 		if at[i] != si {
@@ -499,14 +505,4 @@ func (b *Backend) replaySet(s slot, active []backend.Entry, at []int32, si int32
 	}
 	w.flush()
 	return w.err
-}
-
-// mustReset drops a connection's queued messages after a failure while
-// queueing, by replacing it.
-func mustReset(old *gnft.Conn) *gnft.Conn {
-	c, err := newConn()
-	if err != nil {
-		return old
-	}
-	return c
 }
