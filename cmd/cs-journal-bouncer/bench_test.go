@@ -27,33 +27,13 @@ func TestBenchStartup(t *testing.T) {
 		return
 	}
 	const n = 100_000
-	body := streamBody(n)
-	var up atomic.Bool
-	up.Store(true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !up.Load() {
-			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		if r.URL.Query().Get("startup") == "true" {
-			_, _ = w.Write(body)
-			return
-		}
-		_, _ = w.Write([]byte(`{"new":null,"deleted":null}`))
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	url, up := benchLAPI(t, n)
 
 	ref := ipsetRestoreReference(t, n)
 	fmt.Printf("bench reference: ipset restore of %d entries: %v\n", n, ref.Round(time.Millisecond))
 
 	port := freePort(t)
-	cfg := writeConfig(t, nil, bouncerOpts{URL: "http://" + ln.Addr().String() + "/", Key: "bench",
+	cfg := writeConfig(t, nil, bouncerOpts{URL: url, Key: "bench",
 		Extra: fmt.Sprintf("prometheus:\n  enabled: true\n  listen_addr: 127.0.0.1\n  listen_port: %d", port)})
 	start := time.Now()
 	b := launch(t, cfg)
@@ -151,6 +131,34 @@ func TestBenchStartup(t *testing.T) {
 	warm := time.Since(start)
 	fmt.Printf("bench restart from journal, LAPI down → %d bans in the kernel: %v (%.2f× ipset restore)\n", n, warm.Round(time.Millisecond), warm.Seconds()/ref.Seconds())
 	fmt.Printf("bench peak RSS (journal restart): %d MB\n", peakRSS(t, b2.cmd.Process.Pid)/1024)
+}
+
+// benchLAPI serves n bans as LAPI's startup answer (nothing new after),
+// until up is set to false: then it answers 503 like a LAPI that is down.
+func benchLAPI(t *testing.T, n int) (url string, up *atomic.Bool) {
+	t.Helper()
+	body := streamBody(n)
+	up = &atomic.Bool{}
+	up.Store(true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !up.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Query().Get("startup") == "true" {
+			_, _ = w.Write(body)
+			return
+		}
+		_, _ = w.Write([]byte(`{"new":null,"deleted":null}`))
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + ln.Addr().String() + "/", up
 }
 
 // streamBody is LAPI's startup answer with n IPv4 bans from 198.18.0.0/15.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,23 +80,55 @@ var faults = []fault{
 	}},
 }
 
+// e2eMode is what the mode-agnostic tests (fault matrix, kill -9) need to
+// know of a firewall mode.
+type e2eMode struct {
+	opts func(bouncerOpts) bouncerOpts
+	// save sets up the administrator's own rules and saves them, as a
+	// reload of their firewall would bring them back.
+	save   func(t *testing.T) (saved4, saved6 string)
+	faults []fault
+	// once checks our hook rules are there exactly once and nothing
+	// temporary is left.
+	once func(t *testing.T)
+	// members reads every member of our sets, sorted.
+	members func(t *testing.T) []netip.Prefix
+}
+
+var iptablesE2E = e2eMode{
+	opts: func(o bouncerOpts) bouncerOpts { return o },
+	save: func(t *testing.T) (string, string) {
+		sh(t, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
+		sh(t, "ip6tables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
+		dir := t.TempDir()
+		saved4, saved6 := filepath.Join(dir, "rules.v4"), filepath.Join(dir, "rules.v6")
+		for f, tool := range map[string]string{saved4: "iptables-save", saved6: "ip6tables-save"} {
+			if err := os.WriteFile(f, []byte(sh(t, tool)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return saved4, saved6
+	},
+	faults: faults,
+	once: func(t *testing.T) {
+		if n := strings.Count(sh(t, "iptables-save"), "-j CROWDSEC_CHAIN"); n != 1 {
+			t.Fatalf("%d jump rules, want 1", n)
+		}
+		if strings.Contains(sh(t, "ipset", "list", "-n"), "-t\n") {
+			t.Fatalf("temporary sets left behind:\n%s", sh(t, "ipset", "list", "-n"))
+		}
+	},
+	members: kernelMembers,
+}
+
 // testHeal runs every fault against one running bouncer: after each, the
 // banned peer must be dropped again (v4 and v6), the clean one must pass, the
 // bouncer's PID must be unchanged and its log must show the repair.
-func testHeal(t *testing.T, lapiUp bool) {
+func testHeal(t *testing.T, lapiUp bool, m e2eMode) {
 	l := testenv.StartLAPI(t)
 	p := testenv.NewPeers(t)
-	// A foreign rule set that an admin's iptables-restore would bring back.
-	sh(t, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
-	sh(t, "ip6tables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
-	dir := t.TempDir()
-	saved4, saved6 := filepath.Join(dir, "rules.v4"), filepath.Join(dir, "rules.v6")
-	for f, tool := range map[string]string{saved4: "iptables-save", saved6: "ip6tables-save"} {
-		if err := os.WriteFile(f, []byte(sh(t, tool)), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b := startBouncer(t, writeConfig(t, l, bouncerOpts{DeepInterval: "2s"}))
+	saved4, saved6 := m.save(t)
+	b := startBouncer(t, writeConfig(t, l, m.opts(bouncerOpts{DeepInterval: "2s"})))
 	pid := b.cmd.Process.Pid
 	l.AddDecision(t, "crowdsec", "Ip", p.Banned4.String(), "4h")
 	l.AddDecision(t, "crowdsec", "Ip", p.Banned6.String(), "4h")
@@ -105,7 +138,7 @@ func testHeal(t *testing.T, lapiUp bool) {
 		l.Stop(t)
 		b.waitLog(t, "LAPI pull failed", within)
 	}
-	for _, f := range faults {
+	for _, f := range m.faults {
 		before := b.count("repaired")
 		start := time.Now()
 		f.do(t, saved4, saved6)
@@ -118,23 +151,21 @@ func testHeal(t *testing.T, lapiUp bool) {
 		}
 		t.Logf("figure: %s: repaired %v after the fault (LAPI up: %v)", f.name, detected.Round(time.Millisecond), lapiUp)
 	}
-	if n := strings.Count(sh(t, "iptables-save"), "-j CROWDSEC_CHAIN"); n != 1 {
-		t.Fatalf("%d jump rules after the heal run, want 1", n)
-	}
+	m.once(t)
 }
 
 func TestE2EHealWithLAPIUp(t *testing.T) {
 	if !e2eSetup(t) {
 		return
 	}
-	testHeal(t, true)
+	testHeal(t, true, iptablesE2E)
 }
 
 func TestE2EHealWithLAPIDown(t *testing.T) {
 	if !e2eSetup(t) {
 		return
 	}
-	testHeal(t, false)
+	testHeal(t, false, iptablesE2E)
 }
 
 // A replay that keeps failing climbs the ladder and ends in exit code 3. The

@@ -74,16 +74,18 @@ type bouncerOpts struct {
 	DeepInterval string
 	FightWindow  string
 	Interval     string // heal.interval (default 1s)
+	Mode         string // mode (default iptables)
+	DenyAction   string // deny_action (default DROP)
 }
 
-const configTmpl = `mode: iptables
+const configTmpl = `mode: {{.Mode}}
 update_frequency: 1s
 api_url: {{.URL}}
 api_key: {{.Key}}
 log_mode: stdout
 log_level: debug
 disable_ipv6: false
-deny_action: DROP
+deny_action: {{.DenyAction}}
 iptables_chains:
   - INPUT
 journal_path: {{.Journal}}
@@ -131,6 +133,12 @@ func writeConfig(t *testing.T, l *testenv.LAPI, o bouncerOpts) string {
 	}
 	if o.Interval == "" {
 		o.Interval = "1s"
+	}
+	if o.Mode == "" {
+		o.Mode = "iptables"
+	}
+	if o.DenyAction == "" {
+		o.DenyAction = "DROP"
 	}
 	if o.DeepInterval == "" {
 		o.DeepInterval = "5m"

@@ -48,7 +48,12 @@ type dumpDoc struct {
 	IPTablesV4Chains        []string `yaml:"iptables_v4_chains"`
 	IPTablesV6Chains        []string `yaml:"iptables_v6_chains"`
 	IPTablesAddRuleComments bool     `yaml:"iptables_add_rule_comments"`
-	Prometheus              struct {
+	NFTablesHooks           []string `yaml:"nftables_hooks"`
+	NFTables                struct {
+		IPv4 dumpNFTFamily `yaml:"ipv4"`
+		IPv6 dumpNFTFamily `yaml:"ipv6"`
+	} `yaml:"nftables"`
+	Prometheus struct {
 		Enabled    bool   `yaml:"enabled"`
 		ListenAddr string `yaml:"listen_addr"`
 		ListenPort int    `yaml:"listen_port"`
@@ -65,6 +70,15 @@ type dumpDoc struct {
 		FightWindow       string `yaml:"fight_window"`
 		FreeRepairs       int    `yaml:"free_repairs"`
 	} `yaml:"heal"`
+}
+
+// dumpNFTFamily is one nftables.ipvX section, in upstream's spelling.
+type dumpNFTFamily struct {
+	Enabled  bool   `yaml:"enabled"`
+	SetOnly  bool   `yaml:"set-only"`
+	Table    string `yaml:"table"`
+	Chain    string `yaml:"chain"`
+	Priority int    `yaml:"priority"`
 }
 
 // Dump writes the effective configuration (defaults filled in, aliases
@@ -88,12 +102,14 @@ func (c *Config) Dump(w io.Writer) error {
 		IPSetType: c.IPSetType, IPSetSize: c.IPSetSize, IPSetDisableTimeouts: c.IPSetDisableTimeouts,
 		IPTablesChains: c.IPTablesChains, IPTablesV4Chains: c.IPTablesV4Chains,
 		IPTablesV6Chains: c.IPTablesV6Chains, IPTablesAddRuleComments: c.IPTablesAddRuleComments,
-		JournalPath: c.JournalPath, OnShutdown: c.OnShutdown,
+		NFTablesHooks: c.NFTablesHooks,
+		JournalPath:   c.JournalPath, OnShutdown: c.OnShutdown,
 		FullResyncInterval: fmtDuration(c.FullResyncInterval),
 	}
 	if c.APIKey != "" {
 		doc.APIKey = mask
 	}
+	doc.NFTables.IPv4, doc.NFTables.IPv6 = dumpNFTFamily(c.NFTables.IPv4), dumpNFTFamily(c.NFTables.IPv6)
 	doc.Prometheus.Enabled = c.Prometheus.Enabled
 	doc.Prometheus.ListenAddr = c.Prometheus.ListenAddr
 	doc.Prometheus.ListenPort = c.Prometheus.ListenPort

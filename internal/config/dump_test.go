@@ -89,9 +89,19 @@ func TestErrorsNeverShowAPIKey(t *testing.T) {
 }
 
 func TestDumpRoundTrip(t *testing.T) {
-	text := minimal + "iptables_chains: [INPUT, FORWARD]\niptables_v6_chains: [INPUT]\n" +
-		"scopes: [Ip]\nfull_resync_interval: 90m\nheal:\n  interval: 1500ms\n" +
-		"log_max_files: 9\ndeny_log: true\nprometheus:\n  enabled: true\n"
+	for _, text := range []string{
+		minimal + "iptables_chains: [INPUT, FORWARD]\niptables_v6_chains: [INPUT]\n" +
+			"scopes: [Ip]\nfull_resync_interval: 90m\nheal:\n  interval: 1500ms\n" +
+			"log_max_files: 9\ndeny_log: true\nprometheus:\n  enabled: true\n",
+		strings.Replace(minimal, "mode: iptables", "mode: nftables", 1) + "nftables_hooks: [input, forward]\n" +
+			"nftables:\n  ipv4:\n    set-only: true\n    table: filter\n  ipv6:\n    enabled: false\n    chain: c6\n    priority: -10\n",
+	} {
+		testDumpRoundTrip(t, text)
+	}
+}
+
+func testDumpRoundTrip(t *testing.T, text string) {
+	t.Helper()
 	orig := mustLoad(t, text, "", nil).Config
 	var buf bytes.Buffer
 	if err := orig.Dump(&buf); err != nil {

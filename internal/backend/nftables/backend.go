@@ -40,6 +40,10 @@ type Backend struct {
 	fams    []*family  // enabled families, IPv4 first
 	mu      sync.RWMutex
 	origins backend.Origins // guarded by mu: Counters reads it concurrently
+	// names holds the kernel set name of each declared origin's sets
+	// (SetOrigins replaces it whole, never changes it in place): the
+	// per-entry path looks names up instead of building 100k strings.
+	names map[backend.SetKey]string // guarded by mu
 	// mirrors hold what our interval sets should hold, by kernel set name
 	// (see intervals.go); nil entries are unknown and re-read from the kernel.
 	mirrors map[string]*mirror
@@ -97,34 +101,52 @@ func New(cfg Config) (*Backend, error) {
 // operation (a failed batch leaves no stray acks behind) with large
 // buffers, so that one transaction may hold a million elements.
 func newConn() (*gnft.Conn, error) {
-	c, err := gnft.New(gnft.WithSockOptions(func(nc *netlink.Conn) error {
-		raw, err := nc.SyscallConn()
-		if err != nil {
-			return err
-		}
-		var serr error
-		if err := raw.Control(func(fd uintptr) {
-			for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
-				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, sockBuf); e != nil && serr == nil {
-					serr = fmt.Errorf("setsockopt %d: %w", opt, e)
-				}
-			}
-		}); err != nil {
-			return err
-		}
-		return serr
-	}))
+	c, err := gnft.New(gnft.WithSockOptions(setBuffers))
 	if err != nil {
 		return nil, fmt.Errorf("nftables connection: %w", err)
 	}
 	return c, nil
 }
 
+// setBuffers forces sockBuf send and receive buffers on a netlink socket.
+func setBuffers(nc *netlink.Conn) error {
+	raw, err := nc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, sockBuf); e != nil && serr == nil {
+				serr = fmt.Errorf("setsockopt %d: %w", opt, e)
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
 // SetOrigins declares the origins whose sets and rules must exist.
 func (b *Backend) SetOrigins(o backend.Origins) {
+	names := make(map[backend.SetKey]string, 2*len(o))
+	for i, name := range o {
+		for _, f := range b.fams {
+			names[backend.SetKey{Origin: i, V6: f.v6}] = f.cfg.SetName + "-" + originKey(i, name, true)
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.origins = maps.Clone(o)
+	b.names = names
+}
+
+// setNames returns the current name table; callers may keep it for the
+// length of one operation.
+func (b *Backend) setNames() map[backend.SetKey]string {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.names
 }
 
 // SetKeyOf names the set an origin's entries go to: one per origin and
@@ -147,7 +169,10 @@ func (b *Backend) SetName(k backend.SetKey) string {
 	if f.cfg.SetOnly {
 		return f.cfg.SetName
 	}
-	return f.cfg.SetName + "-" + b.originKey(k.Origin)
+	if name, ok := b.setNames()[k]; ok {
+		return name
+	}
+	return f.cfg.SetName + "-" + originKey(k.Origin, "", false)
 }
 
 // rangesName is the interval set holding an origin's ranges.
@@ -155,11 +180,8 @@ func rangesName(set string) string { return set + "-ranges" }
 
 // originKey turns an origin name into the set name suffix: "lists:x"
 // becomes "lists-x" like upstream; characters nft would need quoted
-// become "_". An undeclared origin is named by its index.
-func (b *Backend) originKey(origin int) string {
-	b.mu.RLock()
-	name, ok := b.origins[origin]
-	b.mu.RUnlock()
+// become "_". An undeclared origin (ok false) is named by its index.
+func originKey(origin int, name string, ok bool) string {
 	if !ok || name == "" {
 		return "origin" + strconv.Itoa(origin)
 	}

@@ -109,7 +109,7 @@ func TestBenchInterval(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		w := &writer{conn: conn, set: set, op: conn.SetAddElements}
+		w := &writer{set: set, op: conn.SetAddElements}
 		for _, e := range entries {
 			w.put(elems(nil, e.Prefix, interval, time.Hour)...)
 		}

@@ -29,8 +29,9 @@ type slot struct {
 	interval bool
 }
 
-// route picks an entry's set, or says why the backend refuses it.
-func (b *Backend) route(e backend.Entry) (slot, *backend.Rejection) {
+// routeIn picks an entry's set, or says why the backend refuses it;
+// names is the set name table of the operation at hand.
+func (b *Backend) routeIn(names map[backend.SetKey]string, e backend.Entry) (slot, *backend.Rejection) {
 	reject := func(reason, why string) (slot, *backend.Rejection) {
 		return slot{}, &backend.Rejection{Entry: e, Reason: reason,
 			Err: fmt.Errorf("%w: %s: %s", backend.ErrRejected, e.Prefix, why)}
@@ -58,13 +59,10 @@ func (b *Backend) route(e backend.Entry) (slot, *backend.Rejection) {
 		}
 		return slot{fam: f, name: f.cfg.SetName, interval: f.userSet.Interval}, nil
 	}
-	b.mu.RLock()
-	_, declared := b.origins[e.Origin]
-	b.mu.RUnlock()
+	name, declared := names[backend.SetKey{Origin: e.Origin, V6: v6}]
 	if !declared {
 		return reject("unknown_origin", fmt.Sprintf("origin %d not declared", e.Origin))
 	}
-	name := b.SetName(b.SetKeyOf(e.Origin, v6))
 	if p.IsSingleIP() {
 		return slot{fam: f, name: name}, nil
 	}
@@ -111,11 +109,10 @@ func elems(dst []gnft.SetElement, p netip.Prefix, interval bool, to time.Duratio
 
 // writer queues element messages of at most perMsg elements.
 type writer struct {
-	conn *gnft.Conn
-	set  *gnft.Set
-	buf  []gnft.SetElement
-	op   func(*gnft.Set, []gnft.SetElement) error
-	err  error
+	set *gnft.Set
+	buf []gnft.SetElement
+	op  func(*gnft.Set, []gnft.SetElement) error
+	err error
 }
 
 func (w *writer) put(e ...gnft.SetElement) {
@@ -141,7 +138,7 @@ func (b *Backend) queueAdd(set *gnft.Set, items []item) error {
 		op func(*gnft.Set, []gnft.SetElement) error
 		to bool
 	}{{b.conn.SetAddElements, true}, {b.conn.SetDeleteElements, false}, {b.conn.SetAddElements, true}} {
-		w := &writer{conn: b.conn, set: set, op: step.op}
+		w := &writer{set: set, op: step.op}
 		for _, it := range items {
 			to := it.to
 			if !step.to {
@@ -161,7 +158,7 @@ func (b *Backend) queueAdd(set *gnft.Set, items []item) error {
 // cannot fail for want of it.
 func (b *Backend) queueDel(set *gnft.Set, items []item) error {
 	for _, op := range []func(*gnft.Set, []gnft.SetElement) error{b.conn.SetAddElements, b.conn.SetDeleteElements} {
-		w := &writer{conn: b.conn, set: set, op: op}
+		w := &writer{set: set, op: op}
 		for _, it := range items {
 			w.put(elems(nil, it.p, set.Interval, 0)...)
 		}
@@ -220,6 +217,7 @@ func (b *Backend) applyTx(d backend.Delta, start, end int, now time.Time) ([]bac
 	groups := map[string]*group{}
 	var order []string
 	var rej []backend.Rejection
+	names := b.setNames()
 	for i := start; i < end; i++ {
 		isDel := i < len(d.Del)
 		var e backend.Entry
@@ -228,7 +226,7 @@ func (b *Backend) applyTx(d backend.Delta, start, end int, now time.Time) ([]bac
 		} else {
 			e = d.Add[i-len(d.Del)]
 		}
-		s, r := b.route(e)
+		s, r := b.routeIn(names, e)
 		if r != nil {
 			if !isDel {
 				rej = append(rej, *r)
@@ -311,7 +309,7 @@ func (b *Backend) queueMirror(set *gnft.Set, dels []netip.Prefix, adds map[netip
 
 // queueOps queues one operation over items.
 func (b *Backend) queueOps(set *gnft.Set, items []item, op func(*gnft.Set, []gnft.SetElement) error) error {
-	w := &writer{conn: b.conn, set: set, op: op}
+	w := &writer{set: set, op: op}
 	for _, it := range items {
 		w.put(elems(nil, it.p, set.Interval, it.to)...)
 	}
@@ -406,63 +404,88 @@ func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
 		return err
 	}
 	now := b.cfg.Now()
-	slots, rej := b.replaySlots(active)
+	slots, at, rej := b.replaySlots(active)
+	tx := &rawTx{}
 	for _, s := range slots {
-		b.conn.FlushSet(b.setRef(s))
+		tx.flushSet(b.setRef(s))
 	}
-	for _, s := range slots {
-		if err := b.replaySet(s, active, now); err != nil {
-			b.conn = mustReset(b.conn)
+	for i, s := range slots {
+		if err := b.replaySet(tx, s, active, at, int32(i), now); err != nil {
 			b.forgetMirrors()
 			return errors.Join(err, rejected(rej))
 		}
 	}
-	if err := b.conn.Flush(); err != nil {
+	if err := tx.commit(); err != nil {
 		b.forgetMirrors()
 		return errors.Join(fmt.Errorf("nftables replay: %w", err), rejected(rej))
 	}
 	return rejected(rej)
 }
 
-// replaySlots lists every set of ours and the refused entries.
-func (b *Backend) replaySlots(active []backend.Entry) ([]slot, []backend.Rejection) {
+// noSlot marks a refused entry in replaySlots' routing table.
+const noSlot = -1
+
+// replaySlots lists every set of ours, routes each entry once (at[i] is
+// the index in slots of active[i]'s set, or noSlot) and returns the
+// refused entries.
+func (b *Backend) replaySlots(active []backend.Entry) ([]slot, []int32, []backend.Rejection) {
 	var slots []slot
+	index := map[string]int32{}
+	add := func(s slot) {
+		index[s.name] = int32(len(slots))
+		slots = append(slots, s)
+	}
+	names := b.setNames()
 	for _, f := range b.fams {
 		if f.cfg.SetOnly {
 			if f.userSet != nil {
-				slots = append(slots, slot{fam: f, name: f.cfg.SetName, interval: f.userSet.Interval})
+				add(slot{fam: f, name: f.cfg.SetName, interval: f.userSet.Interval})
 			}
 			continue
 		}
 		for _, o := range b.originList() {
-			name := b.SetName(b.SetKeyOf(o, f.v6))
-			slots = append(slots, slot{fam: f, name: name}, slot{fam: f, name: rangesName(name), interval: true})
+			name := names[backend.SetKey{Origin: o, V6: f.v6}]
+			add(slot{fam: f, name: name})
+			add(slot{fam: f, name: rangesName(name), interval: true})
 		}
 	}
+	at := make([]int32, len(active))
 	var rej []backend.Rejection
-	for _, e := range active {
-		if _, r := b.route(e); r != nil {
+	for i, e := range active {
+		s, r := b.routeIn(names, e)
+		if r != nil {
 			rej = append(rej, *r)
+			at[i] = noSlot
+			continue
 		}
+		at[i] = index[s.name]
 	}
-	return slots, rej
+	return slots, at, rej
 }
 
-// replaySet queues the elements of one set: a pass over active per set
-// keeps memory to one message's worth of elements.
-func (b *Backend) replaySet(s slot, active []backend.Entry, now time.Time) error {
+// replaySet queues the elements of slot number si: a pass over active per
+// set keeps memory to one message's worth of elements.
+func (b *Backend) replaySet(tx *rawTx, s slot, active []backend.Entry, at []int32, si int32, now time.Time) error {
 	set := b.setRef(s)
 	if s.interval {
 		m := newMirror()
-		for _, e := range active {
-			if r, rej := b.route(e); rej == nil && r.name == s.name {
-				if _, ok := b.timeout(set, e.Until, now); ok {
-					m.want[e.Prefix] = later(m.want[e.Prefix], e.Until)
-				}
+		for i, e := range active {
+			if at[i] != si {
+				continue
+			}
+			if _, ok := b.timeout(set, e.Until, now); !ok {
+				continue
+			}
+			// later() reads a zero time as "no expiry": only merge with
+			// an expiry that is there.
+			if old, dup := m.want[e.Prefix]; dup {
+				m.want[e.Prefix] = later(old, e.Until)
+			} else {
+				m.want[e.Prefix] = e.Until
 			}
 		}
 		b.mirrors[s.name] = m
-		w := &writer{conn: b.conn, set: set, op: b.conn.SetAddElements}
+		w := &writer{set: set, op: tx.addElements}
 		for _, c := range m.update(nil, nil, now) {
 			to, _ := b.timeout(set, c.until, now)
 			w.put(elems(nil, c.p, true, to)...)
@@ -470,10 +493,10 @@ func (b *Backend) replaySet(s slot, active []backend.Entry, now time.Time) error
 		w.flush()
 		return w.err
 	}
-	w := &writer{conn: b.conn, set: set, op: b.conn.SetAddElements}
+	w := &writer{set: set, op: tx.addElements}
 	var one [2]gnft.SetElement
-	for _, e := range active {
-		if r, rej := b.route(e); rej != nil || r.name != s.name {
+	for i, e := range active {
+		if at[i] != si {
 			continue
 		}
 		if to, ok := b.timeout(set, e.Until, now); ok {
@@ -482,14 +505,4 @@ func (b *Backend) replaySet(s slot, active []backend.Entry, now time.Time) error
 	}
 	w.flush()
 	return w.err
-}
-
-// mustReset drops a connection's queued messages after a failure while
-// queueing, by replacing it.
-func mustReset(old *gnft.Conn) *gnft.Conn {
-	c, err := newConn()
-	if err != nil {
-		return old
-	}
-	return c
 }

@@ -46,8 +46,10 @@ func TestKernelPackets(t *testing.T) {
 	if p.Ping(t, p.Banned4, p.Local4) || p.Ping(t, p.Banned6, p.Local6) {
 		t.Error("a banned peer got an answer")
 	}
-	if !p.Answers(t, p.Clean4, p.Local4) || !p.Answers(t, p.Clean6, p.Local6) {
-		t.Error("a clean peer got no answer")
+	for _, w := range [][2]netip.Addr{{p.Clean4, p.Local4}, {p.Clean6, p.Local6}} {
+		if !answered(t, p, w[0], w[1]) {
+			t.Errorf("clean peer %s got no answer", w[0])
+		}
 	}
 	// a Range holding the clean v4 peer bans it too
 	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{{Prefix: netip.PrefixFrom(p.Clean4, 28).Masked(), Origin: 1, Until: t0.Add(time.Hour)}}}); err != nil {
@@ -93,4 +95,16 @@ func TestKernelPackets(t *testing.T) {
 	if !strings.Contains(out6, "Administratively prohibited") {
 		t.Errorf("v6 REJECT: ping said:\n%s", out6)
 	}
+}
+
+// answered pings up to three times: one lost echo on a loaded machine is
+// not a drop, a rule dropping the peer drops all three.
+func answered(t *testing.T, p *testenv.Peers, from, to netip.Addr) bool {
+	t.Helper()
+	for range 3 {
+		if p.Ping(t, from, to) {
+			return true
+		}
+	}
+	return false
 }
