@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -289,6 +290,45 @@ func TestCLIUsesAdminSocket(t *testing.T) {
 	}
 }
 
+// TestOnEveryGC: the limit is retuned after each GC cycle, and no more once
+// the context ends.
+func TestOnEveryGC(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := make(chan struct{}, 1)
+	onEveryGC(ctx, c)
+	for i := range 3 {
+		deadline := time.Now().Add(10 * time.Second)
+		got := false
+		for !got && time.Now().Before(deadline) {
+			runtime.GC()
+			select {
+			case <-c:
+				got = true
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		if !got {
+			t.Fatalf("cycle %d: no signal after GC", i)
+		}
+	}
+	cancel()
+	// A sentinel armed before cancel may still fire once; after that, none.
+	for range 3 {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	for len(c) > 0 {
+		<-c
+	}
+	for range 3 {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(c) != 0 {
+		t.Fatal("signalled after the context ended")
+	}
+}
+
 func TestMemLimitFor(t *testing.T) {
 	for _, c := range []struct {
 		live uint64
@@ -296,7 +336,7 @@ func TestMemLimitFor(t *testing.T) {
 	}{
 		{0, memLimitFloor},
 		{10 << 20, memLimitFloor},
-		{100 << 20, 216 << 20},
+		{100 << 20, 166 << 20},
 	} {
 		if got := memLimitFor(c.live); got != c.want {
 			t.Errorf("memLimitFor(%d MiB) = %d MiB, want %d MiB", c.live>>20, got>>20, c.want>>20)

@@ -479,8 +479,9 @@ func (e *Enforcer) apply(ctx context.Context, r *request) error {
 // exactly it. A replay (fill aside, swap) is cheaper in time and memory than
 // diffing 100k entries, and never drops enforcement while it runs.
 func (e *Enforcer) applyFull(ctx context.Context, b journal.Batch, pulledAt time.Time) error {
+	n := b.Len() // b is not used past journalAppend: see there
 	if err := e.journalAppend(b); err != nil {
-		return fmt.Errorf("journal append of full set (%d decisions): %w", b.Len(), err)
+		return fmt.Errorf("journal append of full set (%d decisions): %w", n, err)
 	}
 	e.lastFullPull = pulledAt
 	n, err := e.ensureAndReplay(ctx)

@@ -24,6 +24,9 @@ type persistRetry struct {
 // the view (journal.ErrNotDurable) is reported and enforcement goes on from
 // memory; any other error (the batch was refused) is returned.
 func (e *Enforcer) journalAppend(b journal.Batch) error {
+	// Read before Append: b must not outlive it, so that a million-decision
+	// batch can be collected while the journal encodes and writes its view.
+	n, full := b.Len(), b.Full
 	err := e.j.Append(b)
 	if err == nil || !errors.Is(err, journal.ErrNotDurable) {
 		return err
@@ -32,10 +35,10 @@ func (e *Enforcer) journalAppend(b journal.Batch) error {
 		// First failure of this outage: say it loudly once, then let the
 		// retries speak.
 		e.log.Error("journal write failed: enforcing from memory; decisions received until it is written are lost on a restart",
-			"decisions", b.Len(), "full", b.Full, "err", err)
+			"decisions", n, "full", full, "err", err)
 		e.persist.after = e.now().Add(e.cfg.BackoffInitial)
 	} else {
-		e.log.Debug("journal still lagging: batch kept in memory", "decisions", b.Len(), "full", b.Full)
+		e.log.Debug("journal still lagging: batch kept in memory", "decisions", n, "full", full)
 	}
 	return nil
 }

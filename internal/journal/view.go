@@ -50,17 +50,30 @@ type combo struct{ scope, typ uint32 }
 type strtab struct {
 	list []string
 	idx  map[string]uint32
+	// recent holds the indices last interned, checked before the map: a
+	// blocklist's million decisions intern the same four strings (scope,
+	// type, origin, scenario) over and over, and comparing a few short
+	// strings costs less than hashing them.
+	recent [4]uint32
+	next   int
 }
 
 func newStrtab() *strtab { return &strtab{idx: make(map[string]uint32)} }
 
 func (s *strtab) intern(v string) uint32 {
-	if i, ok := s.idx[v]; ok {
-		return i
+	for _, i := range s.recent {
+		if int(i) < len(s.list) && s.list[i] == v {
+			return i
+		}
 	}
-	i := uint32(len(s.list))
-	s.list = append(s.list, v)
-	s.idx[v] = i
+	i, ok := s.idx[v]
+	if !ok {
+		i = uint32(len(s.list))
+		s.list = append(s.list, v)
+		s.idx[v] = i
+	}
+	s.recent[s.next] = i
+	s.next = (s.next + 1) % len(s.recent)
 	return i
 }
 

@@ -133,6 +133,8 @@ type normalizer struct {
 	deleted bool // the list being filled: lists[1] when true
 	news    chunks[journal.Decision]
 	dels    chunks[journal.Key]
+
+	lastOrigin originMemo
 }
 
 type listResult struct {
@@ -361,12 +363,27 @@ func (n *normalizer) newDecision(d *fields) (journal.Decision, string, bool) {
 	return journal.Decision{
 		Prefix:   key.Prefix,
 		Until:    n.now.Add(dur),
-		Origin:   n.intern(originKey(d.Origin.s, d.Scenario.s)),
+		Origin:   n.originOf(d.Origin.s, d.Scenario.s),
 		Scenario: n.intern(d.Scenario.s),
 		Type:     key.Type,
 		Scope:    key.Scope,
 	}, "", true
 }
+
+// originOf is the interned originKey, remembering the last pair: a
+// blocklist sends its whole list with one origin and scenario, and building
+// "lists:NAME" anew for each of a million decisions is most of their cost.
+func (n *normalizer) originOf(origin, scenario string) string {
+	if l := &n.lastOrigin; l.key != "" && l.origin == origin && l.scenario == scenario {
+		return l.key
+	}
+	k := n.intern(originKey(origin, scenario))
+	n.lastOrigin = originMemo{origin, scenario, k}
+	return k
+}
+
+// originMemo is originOf's last answer.
+type originMemo struct{ origin, scenario, key string }
 
 // originKey names the kernel set a decision goes to. Blocklists all share
 // the origin "lists"; like upstream, each list gets a set of its own
