@@ -34,7 +34,7 @@ var ErrNothingToWatch = errors.New("no nf_tables objects to watch")
 
 const (
 	groupNFTables = 7       // NFNLGRP_NFTABLES
-	recvBuffer    = 8 << 20 // socket buffer: a 100k-element commit fits
+	recvBuffer    = 32 << 20 // socket buffer: a 100k-element commit fits (see subscribe)
 )
 
 // Monitor turns nf_tables events into backend.Change values.
