@@ -49,50 +49,25 @@ func TestBenchStartup(t *testing.T) {
 	// event; ipset content faults send no event and wait for the 1 s
 	// verify tick, which makes them the same-run reference for the tick.
 	time.Sleep(2 * time.Second)
-	var tickRef time.Duration
-	for _, f := range []struct {
-		name  string
-		tick  bool
-		fault func()
-	}{
+	healBench("bench heal", n, time.Second, []benchFault{
 		{"set flushed (ipset: no event, found by the 1 s tick)", true, func() { ipsetAll(t, "flush") }},
 		{"jump rule deleted (nf_tables event)", false, func() { atomically("-D INPUT -j CROWDSEC_CHAIN")(t, "", "") }},
 		{"chain flushed (nf_tables event)", false, func() { atomically("-F CROWDSEC_CHAIN")(t, "", "") }},
 		{"iptables-restore of a bare table (nf_tables event)", false, func() { wipeTables(t) }},
 		{"nft flush ruleset (nf_tables event)", false, func() { sh(t, "nft", "flush", "ruleset") }},
 		{"full wipe: tables and sets", true, func() { destroySets(t, func() { wipeTables(t) }) }},
-	} {
+	}, func(fault func()) time.Duration {
 		repairs := b.count("repaired drift")
-		fault := time.Now()
-		f.fault()
+		start := time.Now()
+		fault()
 		waitEnforced(t, b, n)
-		healed := time.Since(fault)
+		healed := time.Since(start)
 		b.waitCount(t, "repaired drift", repairs+1, 5*time.Second)
-		ref := ""
-		if f.tick && tickRef == 0 {
-			tickRef = healed
-		} else if tickRef > 0 {
-			ref = fmt.Sprintf(" (%.2f× the tick-found fault)", healed.Seconds()/tickRef.Seconds())
-		}
-		fmt.Printf("bench heal: %s → all %d bans enforced again: %v%s\n", f.name, n, healed.Round(time.Millisecond), ref)
-		time.Sleep(1500 * time.Millisecond) // separate incidents, not a fight
-	}
-	for _, l := range strings.Split(b.out.String(), "\n") {
-		if strings.Contains(l, "repaired drift") {
-			i := strings.Index(l, "replayed=")
-			fmt.Printf("bench rebuild + replay itself (from the repair log): %s\n", l[max(i, 0):])
-		} else if strings.Contains(l, "level=ERROR") {
-			fmt.Printf("bench error: %.300s\n", l)
-		}
-	}
+		return healed
+	})
+	printRepairLog(b, "bench")
 
-	// Idle CPU with 100k bans.
-	time.Sleep(2 * time.Second)
-	c0 := cpuTicks(t, b.cmd.Process.Pid)
-	w0 := time.Now()
-	time.Sleep(10 * time.Second)
-	c1 := cpuTicks(t, b.cmd.Process.Pid)
-	idle := float64(c1-c0) / 100 / time.Since(w0).Seconds() * 100
+	idle := idleCPU(t, b.cmd.Process.Pid, 10*time.Second)
 	fmt.Printf("bench idle CPU with %d bans, nf_tables event monitor running: %.2f%% of one core\n", n, idle)
 	fmt.Printf("bench peak RSS (cold start, heal, idle): %d MB (upstream measured 81 MB)\n", peakRSS(t, b.cmd.Process.Pid)/1024)
 
@@ -250,6 +225,61 @@ func waitEnforced(t *testing.T, b *bouncer, n int) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// benchFault is one fault of a heal bench.
+type benchFault struct {
+	name string
+	// tick: no event announces it, the verify tick finds it. The first
+	// such fault is the same-run reference of the others.
+	tick  bool
+	fault func()
+}
+
+// healBench injects each fault into a running bouncer holding n bans;
+// measure runs the fault and returns the time from it to all bans enforced
+// again. Each figure is printed beside the first tick-found fault's, or,
+// when there is none yet, beside the verify tick that bounded repairs
+// before events. Faults are spaced so that they count as separate
+// incidents, not a fight.
+func healBench(prefix string, n int, tick time.Duration, faults []benchFault, measure func(fault func()) time.Duration) {
+	var tickRef time.Duration
+	for _, f := range faults {
+		healed := measure(f.fault)
+		ref := fmt.Sprintf(" (%.2f× the %v verify tick)", healed.Seconds()/tick.Seconds(), tick)
+		if f.tick && tickRef == 0 {
+			tickRef, ref = healed, ""
+		} else if tickRef > 0 {
+			ref = fmt.Sprintf(" (%.2f× the tick-found fault)", healed.Seconds()/tickRef.Seconds())
+		}
+		fmt.Printf("%s: %s → all %d bans enforced again: %v%s\n", prefix, f.name, n, healed.Round(time.Millisecond), ref)
+		time.Sleep(1500 * time.Millisecond)
+	}
+}
+
+// printRepairLog prints what each repair itself took, from the daemon's
+// log, and any error it logged.
+func printRepairLog(b *bouncer, prefix string) {
+	for _, l := range strings.Split(b.out.String(), "\n") {
+		if strings.Contains(l, "repaired drift") {
+			i := strings.Index(l, "replayed=")
+			fmt.Printf("%s rebuild + replay itself (from the repair log): %s\n", prefix, l[max(i, 0):])
+		} else if strings.Contains(l, "level=ERROR") {
+			fmt.Printf("%s error: %.300s\n", prefix, l)
+		}
+	}
+}
+
+// idleCPU returns the daemon's CPU use (utime+stime) over window, in
+// percent of one core, after letting it settle.
+func idleCPU(t *testing.T, pid int, window time.Duration) float64 {
+	t.Helper()
+	time.Sleep(2 * time.Second)
+	c0 := cpuTicks(t, pid)
+	w0 := time.Now()
+	time.Sleep(window)
+	c1 := cpuTicks(t, pid)
+	return float64(c1-c0) / 100 / time.Since(w0).Seconds() * 100
 }
 
 func cpuTicks(t *testing.T, pid int) int64 {

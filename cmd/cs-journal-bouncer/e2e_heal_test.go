@@ -88,6 +88,12 @@ type e2eMode struct {
 	// reload of their firewall would bring them back.
 	save   func(t *testing.T) (saved4, saved6 string)
 	faults []fault
+	// events are the faults the kernel announces over nf_tables netlink:
+	// each must be repaired on its event, not on the verify tick.
+	events []fault
+	// deep is heal.deep_interval for the fault matrix: short where some
+	// fault is only seen by the deep verify, "" (the default) otherwise.
+	deep string
 	// once checks our hook rules are there exactly once and nothing
 	// temporary is left.
 	once func(t *testing.T)
@@ -110,6 +116,9 @@ var iptablesE2E = e2eMode{
 		return saved4, saved6
 	},
 	faults: faults,
+	events: iptablesEvents,
+	// ipset sends no events and a swapped member keeps the count.
+	deep: "2s",
 	once: func(t *testing.T) {
 		if n := strings.Count(sh(t, "iptables-save"), "-j CROWDSEC_CHAIN"); n != 1 {
 			t.Fatalf("%d jump rules, want 1", n)
@@ -128,7 +137,7 @@ func testHeal(t *testing.T, lapiUp bool, m e2eMode) {
 	l := testenv.StartLAPI(t)
 	p := testenv.NewPeers(t)
 	saved4, saved6 := m.save(t)
-	b := startBouncer(t, writeConfig(t, l, m.opts(bouncerOpts{DeepInterval: "2s"})))
+	b := startBouncer(t, writeConfig(t, l, m.opts(bouncerOpts{DeepInterval: m.deep})))
 	pid := b.cmd.Process.Pid
 	l.AddDecision(t, "crowdsec", "Ip", p.Banned4.String(), "4h")
 	l.AddDecision(t, "crowdsec", "Ip", p.Banned6.String(), "4h")

@@ -35,9 +35,9 @@ func deleteDenyRules(t *testing.T, _, _ string) {
 }
 
 // nftFaults are the nftables-mode faults. A flushed set and a deleted
-// element leave every object in place: Verify cannot see them (nf_tables
-// keeps no element count), only the deep verify does, so the heal test
-// runs it every 2 s (heal.deep_interval).
+// element leave every object in place and Verify cannot see them (nf_tables
+// keeps no element count): the kernel's deletion events bring them back,
+// so the fault matrix runs with the default deep verify interval.
 var nftFaults = []fault{
 	{"nft flush ruleset", func(t *testing.T, _, _ string) { sh(t, "nft", "flush", "ruleset") }},
 	{"nft delete table ip crowdsec", func(t *testing.T, _, _ string) { sh(t, "nft", "delete", "table", "ip", "crowdsec") }},
@@ -63,6 +63,7 @@ var nftE2E = e2eMode{
 		return saved, ""
 	},
 	faults:  nftFaults,
+	events:  nftFaults,
 	once:    requireRulesOnce,
 	members: nftMembers,
 }

@@ -146,7 +146,7 @@ func (e *Enforcer) putBack(ctx context.Context, deleted map[string][]netip.Prefi
 	if err := e.kernelErr(e.be.Apply(ctx, d)); err != nil {
 		return e.repair(ctx, []string{"member"}, []string{"put back deleted members: " + err.Error()})
 	}
-	e.log.Warn("put back members another program deleted", "entries", len(d.Add), "first", d.Add[0].Prefix, "cause", CauseEvent)
+	e.log.Warn("repaired members another program deleted", "entries", len(d.Add), "first", d.Add[0].Prefix, "cause", CauseEvent)
 	e.health.update(func(h *Health) {
 		h.DeepRepairs += len(d.Add)
 		if h.RepairsByKind == nil {

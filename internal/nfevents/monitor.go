@@ -33,8 +33,13 @@ import (
 var ErrNothingToWatch = errors.New("no nf_tables objects to watch")
 
 const (
-	groupNFTables = 7       // NFNLGRP_NFTABLES
-	recvBuffer    = 8 << 20 // socket buffer: a 100k-element commit fits
+	groupNFTables = 7 // NFNLGRP_NFTABLES
+	// recvBuffer is the socket buffer (the kernel doubles it). The kernel
+	// queues a commit's events when the commit ends, all at once, so the
+	// buffer must hold a whole commit: our own 100k-element replay sends
+	// ≈100k element messages, which overran an 8 MB buffer and cost a
+	// deep verify after every replay.
+	recvBuffer = 32 << 20
 )
 
 // Monitor turns nf_tables events into backend.Change values.
