@@ -86,7 +86,7 @@ func TestWriteFailureKeepsView(t *testing.T) {
 	}
 	// A new origin while lagging gets its index in memory.
 	d := dec("192.0.2.4/32", time.Hour, "lists:new")
-	ch, err := j.AppendChanges(Batch{Full: true, New: []Decision{a, d}})
+	ch, err := appendChanges(j.Journal, Batch{Full: true, New: []Decision{a, d}})
 	requireNotDurable(t, err)
 	if len(ch.Added) != 2 || len(ch.Removed) != len(big)+1 {
 		t.Fatalf("changes of a lagging full batch: %d added, %d removed", len(ch.Added), len(ch.Removed))

@@ -30,12 +30,11 @@ func ExampleJournal() {
 		Prefix: netip.MustParsePrefix("192.0.2.1/32"), Until: now.Add(4 * time.Hour),
 		Origin: "crowdsec", Scenario: "crowdsecurity/ssh-bf", Type: "ban", Scope: journal.ScopeIP,
 	}
-	ch, err := j.AppendChanges(journal.Batch{New: []journal.Decision{ban}})
-	if err != nil {
+	if err := j.Append(journal.Batch{New: []journal.Decision{ban}}); err != nil {
 		panic(err)
 	}
 	idx, _ := j.OriginIndex("crowdsec")
-	fmt.Println("add to kernel:", ch.Added[0].Prefix, "origin set", idx)
+	fmt.Println("journaled:", ban.Prefix, "origin set", idx)
 	if err := j.Close(); err != nil {
 		panic(err)
 	}
@@ -50,6 +49,6 @@ func ExampleJournal() {
 		fmt.Println("replay:", d.Prefix, d.Until.Sub(now))
 	}
 	// Output:
-	// add to kernel: 192.0.2.1/32 origin set 0
+	// journaled: 192.0.2.1/32 origin set 0
 	// replay: 192.0.2.1/32 4h0m0s
 }

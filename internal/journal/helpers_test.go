@@ -147,3 +147,34 @@ func (v *View) Active(now time.Time) []Decision {
 	}
 	return out
 }
+
+// changes is what an Append did to the view, the way a caller deriving a
+// kernel delta sees it: decisions inserted or changed (with a Full batch,
+// the whole new view), with their new values, and decisions that left the
+// view or moved to another origin, with their old values.
+type changes struct{ Added, Removed []Decision }
+
+// appendChanges appends b and reports its changes by comparing the view
+// before and after.
+func appendChanges(j *Journal, b Batch) (changes, error) {
+	before := viewMap(j.View())
+	err := j.Append(b)
+	after := viewMap(j.View())
+	var ch changes
+	for k, old := range before {
+		if nw, ok := after[k]; !ok || nw.Origin != old.Origin {
+			ch.Removed = append(ch.Removed, old)
+		}
+	}
+	for k, nw := range after {
+		if old, ok := before[k]; b.Full || !ok || !sameDecision(old, nw) {
+			ch.Added = append(ch.Added, nw)
+		}
+	}
+	return ch, err
+}
+
+func sameDecision(a, b Decision) bool {
+	return a.Prefix == b.Prefix && a.Until.Equal(b.Until) && a.Origin == b.Origin &&
+		a.Scenario == b.Scenario && a.Type == b.Type && a.Scope == b.Scope
+}

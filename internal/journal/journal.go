@@ -121,20 +121,6 @@ type Journal struct {
 	rewrites uint64 // files moved aside and rewritten while running
 }
 
-// Changes is what an Append did to the view, per Key, so the caller can
-// derive the kernel delta. A key whose decision moves to another origin
-// appears in both lists (old value in Removed, new in Added). Several keys
-// may share a prefix (other scope or type): before deleting a kernel entry
-// for a Removed decision, check View.ForPrefix.
-type Changes struct {
-	// Added holds decisions inserted or replaced, with their new values.
-	Added []Decision
-	// Removed holds decisions that left the view, with their old values:
-	// deleted keys, keys replaced by an already-expired value, keys a Full
-	// batch no longer lists, and keys that changed origin.
-	Removed []Decision
-}
-
 // Recovered returns, when Open found the journal corrupt, the path the bad
 // file was moved to; otherwise "". A caller seeing it should log loudly,
 // count it, and force a full LAPI resync: the view started empty.
@@ -169,13 +155,7 @@ func (j *Journal) Origins() map[string]int {
 }
 
 // Append makes b durable (one bbolt transaction, fsync on commit) and
-// applies it to the view. See AppendChanges.
-func (j *Journal) Append(b Batch) error {
-	_, err := j.append(b, false)
-	return err
-}
-
-// AppendChanges is Append that also reports what changed in the view.
+// applies it to the view.
 //
 // A delta batch is stored as one event under the next sequence number. A
 // Full batch (LAPI startup=true) becomes the new snapshot and all events are
@@ -187,27 +167,23 @@ func (j *Journal) Append(b Batch) error {
 // Errors: ErrInvalidDecision (and ErrReadOnly) leave the file and the view
 // as they were. Any other failure wraps ErrNotDurable: the view — and so
 // what the caller must enforce — has the batch, the file does not (see
-// Persist); Changes are valid then too.
-func (j *Journal) AppendChanges(b Batch) (Changes, error) { return j.append(b, true) }
-
-// append is Append, listing the changes only when asked: a 100k full batch's
-// list costs more time and memory than the write itself.
-func (j *Journal) append(b Batch, list bool) (Changes, error) {
+// Persist).
+func (j *Journal) Append(b Batch) error {
 	for i, d := range b.New {
 		if err := validPrefix(d.Prefix); err != nil {
-			return Changes{}, fmt.Errorf("journal append: new decision %d: %w: %w", i, ErrInvalidDecision, err)
+			return fmt.Errorf("journal append: new decision %d: %w: %w", i, ErrInvalidDecision, err)
 		}
 	}
 	for i, k := range b.Deleted {
 		if err := validPrefix(k.Prefix); err != nil {
-			return Changes{}, fmt.Errorf("journal append: deleted key %d: %w: %w", i, ErrInvalidDecision, err)
+			return fmt.Errorf("journal append: deleted key %d: %w: %w", i, ErrInvalidDecision, err)
 		}
 	}
 	if !b.Full && b.Len() == 0 {
-		return Changes{}, nil
+		return nil
 	}
 	if j.readOnly {
-		return Changes{}, fmt.Errorf("journal append to %s: %w", j.path, ErrReadOnly)
+		return fmt.Errorf("journal append to %s: %w", j.path, ErrReadOnly)
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -216,19 +192,18 @@ func (j *Journal) append(b Batch, list bool) (Changes, error) {
 	// Origins get their index in memory first: the kernel set names derive
 	// from it, and the batch is enforced even when the write fails.
 	added := j.newOrigins(b.New)
-	var ch Changes
 	if b.Full {
-		ch = j.appendFull(b, now, added, list)
+		j.appendFull(b, now, added)
 	} else {
-		ch = j.appendDelta(b, now, added, list)
+		j.appendDelta(b, now, added)
 	}
 	if j.lag != nil {
 		// A file found changed under us is moved aside and rewritten at
 		// once; other failures (disk full, read-only) wait for Persist.
 		if !lagging && errors.Is(j.lag, errFileChanged) && j.persistLocked(now) == nil {
-			return ch, nil
+			return nil
 		}
-		return ch, j.notDurable()
+		return j.notDurable()
 	}
 	if j.events >= j.every {
 		// The batch is durable and applied: a failed compaction must not
@@ -238,12 +213,12 @@ func (j *Journal) append(b Batch, list bool) (Changes, error) {
 			if errors.Is(err, errFileChanged) {
 				j.setLag(err)
 				if j.persistLocked(now) != nil {
-					return ch, j.notDurable()
+					return j.notDurable()
 				}
 			}
 		}
 	}
-	return ch, nil
+	return nil
 }
 
 // write runs one transaction of an append unless the file already lags
@@ -261,7 +236,7 @@ func (j *Journal) write(fn func(*bolt.Tx) error) bool {
 	return true
 }
 
-func (j *Journal) appendDelta(b Batch, now int64, added map[string]int, list bool) Changes {
+func (j *Journal) appendDelta(b Batch, now int64, added map[string]int) {
 	data, err := encodeBatch(b, now)
 	if err != nil {
 		// Encoding fails only on a decision the codec cannot hold; the view
@@ -286,33 +261,17 @@ func (j *Journal) appendDelta(b Batch, now int64, added map[string]int, list boo
 	v := j.view
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	var ch Changes
 	for _, d := range b.New {
-		k, old, existed, inserted := v.upsert(recordOf(d, now), now)
-		if !list {
-			continue
-		}
-		if existed && (!inserted || v.strs.list[old.origin] != d.Origin) {
-			ch.Removed = append(ch.Removed, v.decision(k, old))
-		}
-		if inserted {
-			ch.Added = append(ch.Added, v.decision(k, v.m[k]))
-		}
+		v.upsert(recordOf(d, now), now)
 	}
 	for _, key := range b.Deleted {
 		if pk, ok := v.packKey(key); ok {
-			if old, ok := v.m[pk]; ok {
-				if list {
-					ch.Removed = append(ch.Removed, v.decision(pk, old))
-				}
-				delete(v.m, pk)
-			}
+			delete(v.m, pk)
 		}
 	}
-	return ch
 }
 
-func (j *Journal) appendFull(b Batch, now int64, added map[string]int, list bool) Changes {
+func (j *Journal) appendFull(b Batch, now int64, added map[string]int) {
 	v := j.view
 	// Build the new view aside; it shares (and so interns into) the string
 	// table, which readers use under v.mu.
@@ -339,21 +298,7 @@ func (j *Journal) appendFull(b Batch, now int64, added map[string]int, list bool
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if !list {
-		v.m, v.combos, v.minUntil = nv.m, nv.combos, nv.minUntil
-		return Changes{}
-	}
-	ch := Changes{Added: make([]Decision, 0, len(nv.m))}
-	for k, old := range v.m {
-		if nw, ok := nv.m[k]; !ok || nw.origin != old.origin {
-			ch.Removed = append(ch.Removed, v.decision(k, old))
-		}
-	}
-	for k, val := range nv.m {
-		ch.Added = append(ch.Added, v.decision(k, val))
-	}
 	v.m, v.combos, v.minUntil = nv.m, nv.combos, nv.minUntil
-	return ch
 }
 
 // writeSnapshot stores data as the snapshot and drops every event, keeping

@@ -57,9 +57,9 @@ func TestApplySemantics(t *testing.T) {
 					t.Fatalf("setup Append: %v", err)
 				}
 			}
-			ch, err := j.AppendChanges(tt.batch)
+			ch, err := appendChanges(j.Journal, tt.batch)
 			if err != nil {
-				t.Fatalf("AppendChanges: %v", err)
+				t.Fatalf("Append: %v", err)
 			}
 			diffMaps(t, "view", viewMap(j.View()), tt.want)
 			diffMaps(t, "added", mapOf(ch.Added...), tt.wantAdded)
