@@ -120,3 +120,33 @@ func TestKernelReplayCancelledLeavesNoTemp(t *testing.T) {
 		t.Fatalf("the live set changed under a cancelled replay:\n%s", got)
 	}
 }
+
+// A set of the other family under our name, still used by another
+// program's rule, is left alone like a wrong-type one: no rule of ours
+// names it (iptables would refuse the whole script), and the other origins
+// are enforced.
+func TestKernelWrongFamilySet(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
+	name1 := b.setName(backend.SetKey{Origin: 1})
+	sh(t, "ipset create "+name1+" hash:net family inet6 && ip6tables -I FORWARD -m set --match-set "+name1+" src -j ACCEPT")
+	if err := ensure(ctx, b, 0, 1); err != nil {
+		t.Fatalf("Ensure with a wrong-family set = %v, want the others enforced", err)
+	}
+	err := b.Replay(ctx, []backend.Entry{entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 1, time.Hour)})
+	if rs, rest := backend.Rejected(err); rest != nil || len(rs) != 1 || rs[0].Reason != "set_mismatch" {
+		t.Fatalf("Replay = %v; want only the stranger's entry refused", err)
+	}
+	if m := members(t, b.setName(backend.SetKey{Origin: 0})); len(m) != 1 {
+		t.Fatalf("origin 0 not enforced: %v", m)
+	}
+	if rules := sh(t, "iptables -S "+b.cfg.Chain); strings.Contains(rules, name1) {
+		t.Fatalf("a rule of ours names the stranger:\n%s", rules)
+	}
+	if d, err := b.Verify(ctx, map[backend.SetKey]int{{Origin: 0}: 1}); err != nil || !d.None() {
+		t.Fatalf("Verify: %+v %v", d, err)
+	}
+}

@@ -238,6 +238,12 @@ func (b *Backend) rulesetFor(v6 bool, origins []int) ruleset {
 	}
 	for _, o := range origins {
 		set := b.setName(backend.SetKey{Origin: o, V6: v6})
+		if _, foreign := b.mismatch[set]; foreign {
+			// Another program's set holds our name (see mismatch.go): a rule
+			// of ours must not enforce its contents, and a set of the other
+			// family would make iptables-restore refuse the whole script.
+			continue
+		}
 		match := []string{"-m", "set", "--match-set", set, "src"}
 		if b.cfg.RuleComments {
 			match = append(match, "-m", "comment", "--comment", "CrowdSec: "+b.originName(o))
