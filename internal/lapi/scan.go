@@ -220,20 +220,30 @@ func skipValue(b []byte, i, depth int) (int, scanStatus) {
 	return i, scanBad
 }
 
-// skipObject validates the object at b[i], which is at depth.
-func skipObject(b []byte, i, depth int) (int, scanStatus) {
+// enter steps into the object or array at b[i], which is at depth: done is
+// true when there is nothing more to scan in it (it is empty, too deep, or
+// b ends first), with i and st the result for the caller.
+func enter(b []byte, i, depth int, closer byte) (next int, done bool, st scanStatus) {
 	if depth > maxDepth {
-		return i, scanBad
+		return i, true, scanBad
 	}
 	i = skipSpace(b, i+1)
 	if i >= len(b) {
-		return i, scanMore
+		return i, true, scanMore
 	}
-	if b[i] == '}' {
-		return i + 1, scanOK
+	if b[i] == closer {
+		return i + 1, true, scanOK
+	}
+	return i, false, scanOK
+}
+
+// skipObject validates the object at b[i], which is at depth.
+func skipObject(b []byte, i, depth int) (int, scanStatus) {
+	i, done, st := enter(b, i, depth, '}')
+	if done {
+		return i, st
 	}
 	for {
-		var st scanStatus
 		if i, st = skipString(b, i); st != scanOK {
 			return i, st
 		}
@@ -247,7 +257,6 @@ func skipObject(b []byte, i, depth int) (int, scanStatus) {
 		if i, st = skipValue(b, skipSpace(b, i+1), depth); st != scanOK {
 			return i, st
 		}
-		var done bool
 		if i, done, st = afterMember(b, i, '}', scanBad); st != scanOK || done {
 			return i, st
 		}
@@ -256,22 +265,14 @@ func skipObject(b []byte, i, depth int) (int, scanStatus) {
 
 // skipArray validates the array at b[i], which is at depth.
 func skipArray(b []byte, i, depth int) (int, scanStatus) {
-	if depth > maxDepth {
-		return i, scanBad
-	}
-	i = skipSpace(b, i+1)
-	if i >= len(b) {
-		return i, scanMore
-	}
-	if b[i] == ']' {
-		return i + 1, scanOK
+	i, done, st := enter(b, i, depth, ']')
+	if done {
+		return i, st
 	}
 	for {
-		var st scanStatus
 		if i, st = skipValue(b, i, depth); st != scanOK {
 			return i, st
 		}
-		var done bool
 		if i, done, st = afterMember(b, i, ']', scanBad); st != scanOK || done {
 			return i, st
 		}
