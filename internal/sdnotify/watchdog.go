@@ -61,6 +61,7 @@ type watchdog struct {
 	now       func() time.Time
 	log       *slog.Logger
 
+	started     time.Time // first check: a loop not started yet is not late before maxAge
 	prev        time.Time // heartbeat seen at the previous check
 	withholding bool      // the last check withheld its ping
 	sendFailing bool      // the last ping could not be sent
@@ -97,6 +98,15 @@ func (w *watchdog) run(ctx context.Context, tick <-chan time.Time) error {
 // resume, never on every tick.
 func (w *watchdog) check() bool {
 	hb := w.heartbeat()
+	if w.started.IsZero() {
+		w.started = w.now()
+	}
+	if hb.IsZero() && w.now().Sub(w.started) < w.maxAge {
+		// Boot is still enforcing the journal: nothing to ping for yet,
+		// and nothing to warn about unless it takes longer than a loop
+		// may stay silent.
+		return false
+	}
 	changed := !hb.IsZero() && !hb.Equal(w.prev)
 	w.prev = hb
 	age := w.now().Sub(hb)

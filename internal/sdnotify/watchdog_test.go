@@ -44,10 +44,17 @@ func TestWatchdogCheck(t *testing.T) {
 			{now: 250 * time.Millisecond, hb: at(200 * time.Millisecond), wantPing: true},
 			{now: 500 * time.Millisecond, hb: at(450 * time.Millisecond), wantPing: true},
 		}},
-		{"loop not started yet", []step{
-			{now: 0, hb: never, wantLogs: []string{msgNotStarted}},
+		{"loop starting within the bound: no warning", []step{
+			{now: 0, hb: never},
 			{now: 250 * time.Millisecond, hb: never},
-			{now: 500 * time.Millisecond, hb: at(400 * time.Millisecond), wantPing: true, wantLogs: []string{msgResumed}},
+			{now: 400 * time.Millisecond, hb: at(350 * time.Millisecond), wantPing: true},
+		}},
+		{"loop not started past the bound", []step{
+			{now: 0, hb: never},
+			{now: 250 * time.Millisecond, hb: never},
+			{now: 500 * time.Millisecond, hb: never, wantLogs: []string{msgNotStarted}},
+			{now: 750 * time.Millisecond, hb: never},
+			{now: time.Second, hb: at(900 * time.Millisecond), wantPing: true, wantLogs: []string{msgResumed}},
 		}},
 		{"wedged loop stops pings, recovery resumes them", []step{
 			{now: 0, hb: at(0), wantPing: true},
