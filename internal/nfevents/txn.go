@@ -51,10 +51,11 @@ func (t *txn) add(m message) {
 // relevant reports whether anything of ours was deleted so far.
 func (t *txn) relevant() bool { return len(t.objects) > 0 || t.n > 0 || t.over || t.gone }
 
-// change turns the transaction into a Change and starts a new one. It is
-// called once the commit is known to be another program's: the sets it
-// emptied wholesale (too many elements to list, or the set itself deleted)
-// are then refilled by a replay rather than compared member by member.
+// change turns the transaction into a Change and starts a new one. Sets
+// the transaction emptied wholesale (too many elements to list, or the set
+// itself deleted) ask for a refill by replay rather than a member-by-member
+// comparison; the caller publishes it only for another program's commit
+// (handle drops ours, overrun clears it).
 func (t *txn) change() backend.Change {
 	c := backend.Change{Objects: t.objects, Refill: t.over || t.gone}
 	if t.over {
