@@ -68,6 +68,13 @@ type Change struct {
 	// (events lost to a socket overrun, elements that could not be
 	// decoded): every set must be compared member by member.
 	Deep bool
+	// Refill is set when another program's commit deleted one of our sets
+	// (or the table holding them) or more of their members than
+	// MaxChangeElements: what the sets held is gone wholesale, and a replay
+	// refills them faster than a member-by-member comparison would. The
+	// monitor knows the commit was not ours; lost events never set it (our
+	// own replay can overrun the socket, and replaying on that would loop).
+	Refill bool
 }
 
 // MaxChangeObjects caps Change.Objects, and MaxChangeElements the sum of
@@ -78,11 +85,14 @@ const (
 )
 
 // Empty reports whether the change carries nothing to act on.
-func (c Change) Empty() bool { return len(c.Objects) == 0 && len(c.Elements) == 0 && !c.Deep }
+func (c Change) Empty() bool {
+	return len(c.Objects) == 0 && len(c.Elements) == 0 && !c.Deep && !c.Refill
+}
 
 // Merge folds o into c, keeping the caps: c then describes both.
 func (c *Change) Merge(o Change) {
 	c.Deep = c.Deep || o.Deep
+	c.Refill = c.Refill || o.Refill
 	for _, s := range o.Objects {
 		if len(c.Objects) < MaxChangeObjects && !slices.Contains(c.Objects, s) {
 			c.Objects = append(c.Objects, s)

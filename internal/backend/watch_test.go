@@ -42,3 +42,19 @@ func TestChildrenRecordsPIDs(t *testing.T) {
 		t.Fatalf("Own(%d)=%v Own(%d)=%v Own(0)=%v; want true, false, false", pid, kids.Own(pid), pid+1, kids.Own(pid+1), kids.Own(0))
 	}
 }
+
+func TestChangeMergeKeepsRefill(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		into, of Change
+	}{
+		{"into an empty change", Change{}, Change{Refill: true}},
+		{"kept by a later change", Change{Refill: true}, Change{Objects: []string{"rule"}}},
+	} {
+		c := tc.into
+		c.Merge(tc.of)
+		if !c.Refill || c.Empty() || c.Deep {
+			t.Errorf("%s: refill %v, empty %v, deep %v; want true, false, false", tc.name, c.Refill, c.Empty(), c.Deep)
+		}
+	}
+}

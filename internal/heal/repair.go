@@ -42,12 +42,63 @@ func (e *Enforcer) ensureAndReplay(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// repair climbs the ladder: Ensure + Replay, retried with backoff; then a full
-// LAPI resync and one more replay; then ErrReplayFailed. It also keeps us
+// infraKinds are the drift kinds whose repair leaves set members alone: a
+// missing chain, rule or jump is rebuilt by Ensure and the sets it matches
+// are intact. A missing table is not among them (nftables keeps our sets
+// in it), nor "set", "count", "member" or a failed verify.
+var infraKinds = []string{"chain", "rule", "jump"}
+
+// infraOnly reports whether every drift kind is one Ensure repairs alone.
+func infraOnly(kinds []string) bool {
+	for _, k := range kinds {
+		if !slices.Contains(infraKinds, k) {
+			return false
+		}
+	}
+	return len(kinds) > 0
+}
+
+// ensureOnly repairs infrastructure drift without a replay: Ensure, then
+// Verify again. It reports whether the kernel is whole; when not (Ensure
+// failed, or drift remains — a set Ensure had to create is empty and, with
+// a backend that counts members, shows as a count), the caller replays.
+// A backend that cannot count members does not see a set it recreated
+// empty here: the deletion of a set is announced by its own event
+// (backend.Change.Refill), which replays.
+func (e *Enforcer) ensureOnly(ctx context.Context) bool {
+	e.heartbeat.Store(time.Now().UnixNano())
+	origins := e.declareOrigins()
+	if err := e.be.Ensure(ctx); err != nil {
+		e.log.Debug("ensure without replay failed, replaying", "err", err)
+		return false
+	}
+	for _, o := range origins {
+		e.ensured[o] = true
+	}
+	now := e.now()
+	if e.countsDirty {
+		e.rebuildCounts(now)
+	}
+	d, err := e.be.Verify(ctx, e.wantCounts(now))
+	if err != nil || !d.None() {
+		e.log.Debug("drift left after ensure, replaying", "drift", strings.Join(d.Kinds, ","), "err", err)
+		return false
+	}
+	return true
+}
+
+// repair climbs the ladder: for drift of chains, rules and jumps only,
+// Ensure and a second Verify first (no replay when the sets are intact);
+// then Ensure + Replay, retried with backoff; then a full LAPI resync and
+// one more replay; then ErrReplayFailed. It also keeps us
 // from fighting another program: drift that returns within FightWindow
 // delays the next repair, exponentially up to BackoffMax.
 func (e *Enforcer) repair(ctx context.Context, kinds, details []string) error {
 	start := e.now()
+	if infraOnly(kinds) && e.ensureOnly(ctx) {
+		e.repaired(start, kinds, details, 0, 1)
+		return nil
+	}
 	var lastErr error
 	for attempt := 1; attempt <= e.cfg.MaxReplayAttempts; attempt++ {
 		// The ladder runs inside one loop iteration: beat at every rung so

@@ -34,6 +34,7 @@ func (e *Enforcer) onWake(ctx context.Context, c backend.Change) error {
 // that brings it back. An event is a hint, not a verdict: the pass is the
 // fast verify, then putting back deleted members one by one, then — when
 // events were lost and the backend cannot count members — the deep verify.
+// Sets another program emptied wholesale (Change.Refill) are replayed.
 // Our own writes that slipped through the monitor's filter find a clean
 // kernel and repair nothing.
 func (e *Enforcer) wakePass(ctx context.Context) error {
@@ -56,7 +57,7 @@ func (e *Enforcer) wakePass(ctx context.Context) error {
 	e.lastWake = now
 	e.cause = CauseEvent
 	defer func() { e.cause = "" }()
-	e.log.Debug("kernel change event", "objects", strings.Join(c.Objects, "; "), "sets", len(c.Elements), "deep", c.Deep)
+	e.log.Debug("kernel change event", "objects", strings.Join(c.Objects, "; "), "sets", len(c.Elements), "deep", c.Deep, "refill", c.Refill)
 
 	if e.countsDirty {
 		e.rebuildCounts(now)
@@ -69,6 +70,12 @@ func (e *Enforcer) wakePass(ctx context.Context) error {
 	})
 	if err != nil {
 		drift.Add("verify", err.Error())
+	}
+	if c.Refill {
+		// Sets another program emptied wholesale: a replay refills them
+		// faster than the deep verify's dump and 100k-entry Apply, and
+		// the kind keeps the ladder from stopping at Ensure.
+		drift.Add("member", "another program deleted our sets or most of their members")
 	}
 	if !drift.None() {
 		details := append(drift.Details, "woken by: "+strings.Join(c.Objects, "; "))

@@ -202,9 +202,12 @@ func (m *Monitor) handle(t *txn, msg message) {
 }
 
 // overrun reports lost events: whatever the partial transaction held, and
-// that anything may have changed.
+// that anything may have changed. Whose the transaction was is unknown (its
+// commit marker may be what was lost), so it never asks for a refill: at a
+// million bans our own replay is what overruns the socket.
 func (m *Monitor) overrun(t *txn) {
 	c := t.change()
+	c.Refill = false
 	c.Merge(backend.Change{Deep: true, Objects: []string{"nf_tables events lost (socket overrun)"}})
 	m.log.Warn("nf_tables events lost, checking everything")
 	m.publish(c)

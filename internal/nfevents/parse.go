@@ -376,6 +376,14 @@ func (f *filter) object(m message) string {
 	return ""
 }
 
+// holdsSets reports whether a deletion ours (object non-empty) took set
+// members with it: one of our sets, or a table holding them. A table we
+// only share (iptables-nft's filter) holds no set of ours.
+func (f *filter) holdsSets(m message) bool {
+	t := backend.NFTTable{Family: m.family, Name: m.table}
+	return (m.typ == msgDelSet || m.typ == msgDelTable) && f.tables[t]
+}
+
 // ownsElems reports whether a DELSETELEM message is about one of our sets.
 func (f *filter) ownsElems(m message) bool {
 	return m.typ == msgDelSetElem && f.tables[backend.NFTTable{Family: m.family, Name: m.table}]

@@ -152,44 +152,48 @@ func TestMonitorFilter(t *testing.T) {
 		objects   []string // substrings expected in Objects, in order; nil: no change
 		elements  map[string][]netip.Prefix
 		deep      bool
+		refill    bool // a set of ours emptied wholesale
 	}{
 		{"iptables -D INPUT -j CROWDSEC_CHAIN (admin)",
 			[][]byte{cat(delRule(familyIPv4, "filter", "INPUT"), newGen(5, otherPID))},
-			[]string{"rule in hook chain ip filter INPUT"}, nil, false},
+			[]string{"rule in hook chain ip filter INPUT"}, nil, false, false},
 		{"iptables -F CROWDSEC_CHAIN: one message per rule, one change",
 			[][]byte{cat(delRule(familyIPv4, "filter", "CROWDSEC_CHAIN"), delRule(familyIPv4, "filter", "CROWDSEC_CHAIN"), newGen(6, otherPID))},
-			[]string{"rule in ip filter CROWDSEC_CHAIN"}, nil, false},
+			[]string{"rule in ip filter CROWDSEC_CHAIN"}, nil, false, false},
 		{"iptables -X CROWDSEC_CHAIN",
 			[][]byte{cat(delChain(familyIPv4, "filter", "CROWDSEC_CHAIN"), newGen(7, otherPID))},
-			[]string{"chain ip filter CROWDSEC_CHAIN"}, nil, false},
+			[]string{"chain ip filter CROWDSEC_CHAIN"}, nil, false, false},
 		{"nft flush ruleset: tables, split over datagrams",
 			[][]byte{delRule(familyIPv4, "filter", "INPUT"), cat(delTable(familyIPv4, "filter"), delTable(familyIPv4, "crowdsec"), newGen(8, otherPID))},
-			[]string{"rule in hook chain ip filter INPUT", "table ip filter", "table ip crowdsec"}, nil, false},
+			[]string{"rule in hook chain ip filter INPUT", "table ip filter", "table ip crowdsec"}, nil, false, true},
+		{"iptables-nft's filter table deleted: no set of ours in it",
+			[][]byte{cat(delTable(familyIPv4, "filter"), newGen(19, otherPID))},
+			[]string{"table ip filter"}, nil, false, false},
 		{"nft delete set of ours",
 			[][]byte{cat(delSet(familyIPv6, "crowdsec6", "crowdsec6-blacklists-0"), newGen(9, otherPID))},
-			[]string{"set ip6 crowdsec6 crowdsec6-blacklists-0"}, nil, false},
+			[]string{"set ip6 crowdsec6 crowdsec6-blacklists-0"}, nil, false, true},
 		{"element of ours deleted: single addresses",
 			[][]byte{cat(delElems(familyIPv4, "crowdsec", "crowdsec-blacklists-0", el{key: "192.0.2.10"}, el{key: "192.0.2.11"}), newGen(10, otherPID))},
-			nil, map[string][]netip.Prefix{"crowdsec-blacklists-0": {pfx("192.0.2.10/32"), pfx("192.0.2.11/32")}}, false},
+			nil, map[string][]netip.Prefix{"crowdsec-blacklists-0": {pfx("192.0.2.10/32"), pfx("192.0.2.11/32")}}, false, false},
 		{"element of ours deleted: interval set, start and exclusive end in separate messages",
 			[][]byte{cat(delElems(familyIPv4, "crowdsec", "s", el{key: "198.18.0.0"}), delElems(familyIPv4, "crowdsec", "s", el{key: "198.20.0.0", flagEnd: true}), newGen(11, otherPID))},
-			nil, map[string][]netip.Prefix{"s": {pfx("198.18.0.0/15")}}, false},
+			nil, map[string][]netip.Prefix{"s": {pfx("198.18.0.0/15")}}, false, false},
 		{"element of ours deleted: key and inclusive key end",
 			[][]byte{cat(delElems(familyIPv6, "crowdsec6", "s6", el{key: "2001:db8::", end: "2001:db8::ffff"}), newGen(12, otherPID))},
-			nil, map[string][]netip.Prefix{"s6": {pfx("2001:db8::/112")}}, false},
+			nil, map[string][]netip.Prefix{"s6": {pfx("2001:db8::/112")}}, false, false},
 		{"range that is no prefix: compare members",
 			[][]byte{cat(delElems(familyIPv4, "crowdsec", "s", el{key: "192.0.2.1", end: "192.0.2.5"}), newGen(13, otherPID))},
-			[]string{"not single prefixes"}, nil, true},
-		{"our own thread's commit", [][]byte{cat(delTable(familyIPv4, "crowdsec"), newGen(14, ourPID))}, nil, nil, false},
-		{"our child iptables-restore's commit", [][]byte{cat(delRule(familyIPv4, "filter", "CROWDSEC_CHAIN"), delRule(familyIPv4, "filter", "INPUT"), newGen(15, childPID))}, nil, nil, false},
+			[]string{"not single prefixes"}, nil, true, false},
+		{"our own thread's commit", [][]byte{cat(delTable(familyIPv4, "crowdsec"), newGen(14, ourPID))}, nil, nil, false, false},
+		{"our child iptables-restore's commit", [][]byte{cat(delRule(familyIPv4, "filter", "CROWDSEC_CHAIN"), delRule(familyIPv4, "filter", "INPUT"), newGen(15, childPID))}, nil, nil, false, false},
 		{"noise: another table, another chain, additions",
 			[][]byte{cat(delTable(familyIPv4, "docker"), delRule(familyIPv4, "filter", "OUTPUT"), delChain(familyIPv4, "filter", "DOCKER"),
 				delRule(familyIPv6, "filter", "INPUT") /* ip6 INPUT is not watched here */, newRule(familyIPv4, "filter", "INPUT"),
 				delElems(familyIPv4, "other", "s", el{key: "192.0.2.1"}), newGen(16, otherPID))},
-			nil, nil, false},
+			nil, nil, false, false},
 		{"ours then noise commit: only ours counts",
 			[][]byte{cat(delRule(familyIPv4, "filter", "CROWDSEC_CHAIN"), newGen(17, childPID), delRule(familyIPv4, "filter", "INPUT"), newGen(18, otherPID))},
-			[]string{"rule in hook chain ip filter INPUT"}, nil, false},
+			[]string{"rule in hook chain ip filter INPUT"}, nil, false, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -214,8 +218,8 @@ func TestMonitorFilter(t *testing.T) {
 					t.Errorf("elements of %s: %v, want %v", set, got.Elements[set], want)
 				}
 			}
-			if got.Deep != c.deep {
-				t.Errorf("deep = %v, want %v", got.Deep, c.deep)
+			if got.Deep != c.deep || got.Refill != c.refill {
+				t.Errorf("deep = %v, refill = %v; want %v, %v", got.Deep, got.Refill, c.deep, c.refill)
 			}
 		})
 	}
@@ -268,18 +272,48 @@ func TestMonitorOverrun(t *testing.T) {
 	}
 }
 
-// Too many elements for one change turn it deep instead of growing.
+// More elements deleted in one commit than a change lists: another
+// program's commit asks for a refill (its sets were emptied wholesale); our
+// own commit (a replay flushing the sets) asks for nothing; an overrun in
+// the middle of such a commit, whoever made it, asks for the deep verify,
+// never for a refill.
 func TestMonitorElementCap(t *testing.T) {
-	m := testMonitor(t)
-	var msgs [][]byte
+	var elems [][]byte
 	for i := range backend.MaxChangeElements + 1 {
 		a := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
-		msgs = append(msgs, delElems(familyIPv4, "crowdsec", "s", el{key: a.String()}))
+		elems = append(elems, delElems(familyIPv4, "crowdsec", "s", el{key: a.String()}))
 	}
-	msgs = append(msgs, newGen(1, otherPID))
-	c := feed(t, m, cat(msgs...))
-	if !c.Deep || len(c.Elements) != 0 {
-		t.Fatalf("change of %d elements: deep=%v, %d sets listed; want deep and none", backend.MaxChangeElements+1, c.Deep, len(c.Elements))
+	for _, tc := range []struct {
+		name         string
+		end          func(m *Monitor, tx *txn)
+		deep, refill bool
+	}{
+		{"another program's commit", func(m *Monitor, tx *txn) { feedTo(t, m, tx, newGen(1, otherPID)) }, false, true},
+		{"our own commit", func(m *Monitor, tx *txn) { feedTo(t, m, tx, newGen(1, ourPID)) }, false, false},
+		{"events lost before the commit marker", func(m *Monitor, tx *txn) { m.overrun(tx) }, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := testMonitor(t)
+			tx := newTxn(m.f)
+			feedTo(t, m, tx, cat(elems...))
+			tc.end(m, tx)
+			c := m.take()
+			if c.Deep != tc.deep || c.Refill != tc.refill || len(c.Elements) != 0 {
+				t.Fatalf("change %+v: deep=%v refill=%v, %d sets listed; want deep=%v refill=%v and none",
+					c.Objects, c.Deep, c.Refill, len(c.Elements), tc.deep, tc.refill)
+			}
+			if !tc.deep && !tc.refill && !c.Empty() {
+				t.Fatalf("our own commit published %+v", c)
+			}
+		})
+	}
+}
+
+// feedTo delivers one datagram to the transaction in progress.
+func feedTo(t *testing.T, m *Monitor, tx *txn, d []byte) {
+	t.Helper()
+	if err := split(d, func(msg message) { m.handle(tx, msg) }); err != nil {
+		t.Fatal(err)
 	}
 }
 

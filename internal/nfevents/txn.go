@@ -16,6 +16,7 @@ type txn struct {
 	elems   map[string][]elem // set name → deleted elements
 	n       int               // elements gathered, capped
 	over    bool              // too many elements to keep
+	gone    bool              // one of our sets, or its table, deleted
 }
 
 func newTxn(f *filter) *txn { return &txn{f: f} }
@@ -35,17 +36,28 @@ func (t *txn) add(m message) {
 		t.n += len(m.elems)
 		return
 	}
-	if o := t.f.object(m); o != "" && len(t.objects) < backend.MaxChangeObjects {
+	o := t.f.object(m)
+	if o == "" {
+		return
+	}
+	if t.f.holdsSets(m) {
+		t.gone = true
+	}
+	if len(t.objects) < backend.MaxChangeObjects {
 		t.objects = append(t.objects, o)
 	}
 }
 
 // relevant reports whether anything of ours was deleted so far.
-func (t *txn) relevant() bool { return len(t.objects) > 0 || t.n > 0 || t.over }
+func (t *txn) relevant() bool { return len(t.objects) > 0 || t.n > 0 || t.over || t.gone }
 
-// change turns the transaction into a Change and starts a new one.
+// change turns the transaction into a Change and starts a new one. Sets
+// the transaction emptied wholesale (too many elements to list, or the set
+// itself deleted) ask for a refill by replay rather than a member-by-member
+// comparison; the caller publishes it only for another program's commit
+// (handle drops ours, overrun clears it).
 func (t *txn) change() backend.Change {
-	c := backend.Change{Objects: t.objects, Deep: t.over}
+	c := backend.Change{Objects: t.objects, Refill: t.over || t.gone}
 	if t.over {
 		c.Objects = append(c.Objects, "more set elements than can be tracked one by one")
 	}
@@ -67,5 +79,5 @@ func (t *txn) change() backend.Change {
 }
 
 func (t *txn) reset() {
-	t.objects, t.elems, t.n, t.over = nil, nil, 0, false
+	t.objects, t.elems, t.n, t.over, t.gone = nil, nil, 0, false, false
 }

@@ -48,6 +48,8 @@ type Backend struct {
 	calls    map[string]int
 	failNext map[string]int // method → how many next calls fail
 	adds     []backend.Entry
+	// beforeEnsure runs once, unlocked, at the start of the next Ensure.
+	beforeEnsure func()
 }
 
 // New returns an empty fake whose expiry checks use now.
@@ -119,8 +121,17 @@ func (b *Backend) Counters(context.Context) (backend.Counters, error) {
 	return c, nil
 }
 
-// Ensure implements backend.Backend.
+// Ensure implements backend.Backend. Like the kernel backends it creates
+// a missing set empty: the members a destroyed set held are gone until a
+// replay or an Apply puts them back.
 func (b *Backend) Ensure(_ context.Context) error {
+	b.mu.Lock()
+	hook := b.beforeEnsure
+	b.beforeEnsure = nil
+	b.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.fail("Ensure"); err != nil {
@@ -306,6 +317,22 @@ func (b *Backend) Wipe() {
 	defer b.mu.Unlock()
 	b.infra = false
 	b.sets = map[backend.SetKey]map[netip.Prefix]time.Time{}
+}
+
+// DropRules simulates a deleted jump, rule or chain of ours (`iptables -F
+// CROWDSEC_CHAIN`, `nft delete rule`): the sets and their members stay.
+func (b *Backend) DropRules() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.infra = false
+}
+
+// BeforeNextEnsure runs fn once, at the start of the next Ensure call: a
+// change another program makes between a Verify and our repair.
+func (b *Backend) BeforeNextEnsure(fn func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.beforeEnsure = fn
 }
 
 // RemoveMember simulates an admin deleting one entry by hand.
