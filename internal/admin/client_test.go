@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -39,17 +40,24 @@ func TestClientTimesOut(t *testing.T) {
 
 const helperEnv = "ADMIN_TEST_LISTEN_AS_NOBODY"
 
-// TestHelperListen is not a test: TestClientRefusesUntrustedSocket runs the
-// test binary as uid 65534 with helperEnv set, to get a listener owned by
-// another user.
-func TestHelperListen(t *testing.T) {
-	path := os.Getenv(helperEnv)
-	if path == "" {
-		t.Skip("helper process only")
+// TestMain turns the test binary into a listener when helperEnv is set:
+// TestClientRefusesUntrustedSocket runs it as uid 65534 to get a listener
+// owned by another user.
+func TestMain(m *testing.M) {
+	if path := os.Getenv(helperEnv); path != "" {
+		listenForever(path)
+		os.Exit(0)
 	}
+	os.Exit(m.Run())
+}
+
+// listenForever accepts and closes connections on path until the listener
+// fails (the parent kills the process).
+func listenForever(path string) {
 	l, err := net.Listen("unix", path)
 	if err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
 	for {
 		c, err := l.Accept()
@@ -102,7 +110,7 @@ func TestClientRefusesUntrustedSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := filepath.Join(dir, "other.sock")
-	cmd := exec.Command(helper, "-test.run=^TestHelperListen$")
+	cmd := exec.Command(helper)
 	cmd.Env = append(os.Environ(), helperEnv+"="+other)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
 	if err := cmd.Start(); err != nil {
