@@ -4,29 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/testenv"
+
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 )
-
-// limitFileSize makes writes that grow a file beyond n bytes fail (EFBIG;
-// Go ignores SIGXFSZ) until restored: a full disk without root. The limit
-// is process-wide, so the test is not parallel.
-func limitFileSize(t *testing.T, n uint64) (restore func()) {
-	t.Helper()
-	var old syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: n, Max: old.Max}); err != nil {
-		t.Fatal(err)
-	}
-	restore = func() { _ = syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old) }
-	t.Cleanup(restore)
-	return restore
-}
 
 // A journal that cannot be written: every batch still reaches the kernel,
 // the loop keeps running, Persist is retried on the tick with backoff, and
@@ -39,7 +23,7 @@ func TestJournalWriteFailureKeepsEnforcing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	restore := limitFileSize(t, uint64(fi.Size()))
+	restore := testenv.LimitFileSize(t, uint64(fi.Size()))
 
 	var big []journal.Decision
 	for i := range 5000 {

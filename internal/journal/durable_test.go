@@ -6,37 +6,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
-)
 
-// limitFileSize makes every write that would grow a file beyond n bytes
-// fail (EFBIG; Go ignores SIGXFSZ) until the returned function restores
-// the limit: a disk that fills up, without root. The limit is process-wide,
-// so these tests are not parallel.
-func limitFileSize(t *testing.T, n uint64) (restore func()) {
-	t.Helper()
-	var old syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: n, Max: old.Max}); err != nil {
-		t.Fatal(err)
-	}
-	done := false
-	restore = func() {
-		if done {
-			return
-		}
-		done = true
-		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(restore)
-	return restore
-}
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/testenv"
+)
 
 func manyDecisions(n int, origin string) []Decision {
 	ds := make([]Decision, n)
@@ -65,7 +39,7 @@ func TestWriteFailureKeepsView(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	restore := limitFileSize(t, uint64(fi.Size()))
+	restore := testenv.LimitFileSize(t, uint64(fi.Size()))
 
 	big := manyDecisions(5000, "crowdsec")
 	requireNotDurable(t, j.Append(Batch{New: big}))
@@ -232,7 +206,7 @@ func TestFileChangedWhileRunning(t *testing.T) {
 func TestKeepUnwritable(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "journal.db")
 	opts := Options{Path: path, Timeout: 50 * time.Millisecond, Now: (&clock{t: t0}).Now, KeepUnwritable: true}
-	restore := limitFileSize(t, 0)
+	restore := testenv.LimitFileSize(t, 0)
 	if _, err := Open(Options{Path: path, Timeout: opts.Timeout}); err == nil {
 		t.Fatal("Open without KeepUnwritable succeeded on an unwritable file")
 	}
