@@ -51,30 +51,6 @@ func serveStream(t *testing.T, n int) string {
 	return "http://" + ln.Addr().String() + "/"
 }
 
-// ipsetRestore6Reference times a raw `ipset restore` of the same n IPv6
-// entries into a set created with the maxelem they need.
-func ipsetRestore6Reference(t *testing.T, n int) time.Duration {
-	t.Helper()
-	var in bytes.Buffer
-	maxelem := 1024
-	for maxelem < n {
-		maxelem *= 2
-	}
-	fmt.Fprintf(&in, "create csjb-ref6 hash:net family inet6 maxelem %d timeout 0\n", maxelem)
-	for i := range n {
-		fmt.Fprintf(&in, "add csjb-ref6 %s timeout 14400\n", benchAddr6(i))
-	}
-	start := time.Now()
-	cmd := exec.Command("ipset", "restore")
-	cmd.Stdin = &in
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("ipset restore: %v\n%s", err, out)
-	}
-	d := time.Since(start)
-	sh(t, "ipset", "destroy", "csjb-ref6")
-	return d
-}
-
 // setMembers6 sums the member counts of our IPv6 sets.
 func setMembers6() int {
 	out, err := exec.Command("ipset", "list", "-t").CombinedOutput()
@@ -104,7 +80,7 @@ func TestBenchStart1M(t *testing.T) {
 	}
 	const n = 1_000_000
 	url := serveStream(t, n)
-	ref := ipsetRestore6Reference(t, n)
+	ref := rawIPSetRestore(t, "inet6", n, benchAddr6)
 	fmt.Printf("bench reference: ipset restore of %d IPv6 entries (maxelem sized): %v\n", n, ref.Round(time.Millisecond))
 	cfg := writeConfig(t, nil, bouncerOpts{URL: url, Key: "bench"})
 	start := time.Now()
