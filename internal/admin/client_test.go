@@ -119,7 +119,10 @@ func TestClientRefusesUntrustedSocket(t *testing.T) {
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if fi, err := os.Lstat(other); err == nil && fi.Mode().Type() == os.ModeSocket {
+		// The file appears at bind, before listen: wait for a connection
+		// to be accepted, not for the file.
+		if c, err := net.Dial("unix", other); err == nil {
+			_ = c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
