@@ -97,6 +97,15 @@ func healthReport(t *testing.T, base string) (string, []string) {
 
 func requireJournalDegraded(t *testing.T, base string) {
 	t.Helper()
+	// The endpoint starts a moment after the journal is enforced: wait for
+	// it to answer, then judge its first answer.
+	eventually(t, within, "/health never answered", func() bool {
+		resp, err := http.Get(base + "/health")
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		return err == nil
+	})
 	st, reasons := healthReport(t, base)
 	if st != "degraded" || !slices.ContainsFunc(reasons, func(r string) bool {
 		return strings.Contains(r, "journal cannot be written")
