@@ -183,13 +183,7 @@ func launch(t *testing.T, cfg string, env ...string) *bouncer {
 	if err := b.cmd.Start(); err != nil {
 		t.Fatalf("start bouncer: %v", err)
 	}
-	go func() {
-		err := b.cmd.Wait()
-		b.mu.Lock()
-		b.err = err
-		b.mu.Unlock()
-		close(b.ch)
-	}()
+	b.reapInBackground()
 	t.Cleanup(func() {
 		if b.running() {
 			b.stop(t)
@@ -377,4 +371,16 @@ func brokenRestore(t *testing.T, hang bool) (dir, flag string) {
 // benchAddr is the i-th address of 198.18.0.0/15 (131072 addresses).
 func benchAddr(i int) string {
 	return fmt.Sprintf("198.%d.%d.%d", 18+i/65536, (i/256)%256, i%256)
+}
+
+// reapInBackground waits for the started process and records how it ended
+// (b.err, then b.ch closed), so the test can poll and stop it.
+func (b *bouncer) reapInBackground() {
+	go func() {
+		err := b.cmd.Wait()
+		b.mu.Lock()
+		b.err = err
+		b.mu.Unlock()
+		close(b.ch)
+	}()
 }

@@ -101,13 +101,7 @@ func launchPiped(t *testing.T, cfg string) (b *bouncer, closeReader func()) {
 			_, _ = b.out.Write([]byte(sc.Text() + "\n"))
 		}
 	}()
-	go func() {
-		err := b.cmd.Wait()
-		b.mu.Lock()
-		b.err = err
-		b.mu.Unlock()
-		close(b.ch)
-	}()
+	b.reapInBackground()
 	t.Cleanup(func() {
 		if b.running() {
 			b.stop(t)
