@@ -77,7 +77,8 @@ func nftablesConfig(cfg *config.Config, log *slog.Logger) nftables.Config {
 // newMonitor builds the nf_tables event monitor for a backend that names
 // nf_tables objects, and the channel it wakes the enforcer on. Both are
 // nil when there is nothing to watch (ipset, dry-run): the verify tick
-// alone finds drift then.
+// alone finds drift then. A backend that writes many set elements at once
+// may pause the monitor around those writes (backend.QuietWriter).
 func newMonitor(be backend.Backend, log *slog.Logger) (*nfevents.Monitor, chan backend.Change) {
 	w, ok := be.(backend.NFTWatcher)
 	if !ok {
@@ -86,6 +87,9 @@ func newMonitor(be backend.Backend, log *slog.Logger) (*nfevents.Monitor, chan b
 	m, err := nfevents.New(w.NFTObjects(), log)
 	if err != nil {
 		return nil, nil // nothing to watch in this mode
+	}
+	if q, ok := be.(backend.QuietWriter); ok {
+		q.SetEventPauser(m)
 	}
 	return m, make(chan backend.Change)
 }

@@ -20,6 +20,25 @@ type NFTWatcher interface {
 	NFTObjects() NFTObjects
 }
 
+// EventPauser is offered by a change monitor to a backend that writes many
+// set elements at once. While anyone listens to nf_tables events, the
+// kernel builds one notification per element it adds or deletes: with a
+// listener, a 100k-element commit took 0.3–1.6 s instead of 0.13–0.16 s
+// (kernel 6.18). A paused monitor has left the event group, so the kernel
+// builds none. Resume takes the number of transactions the backend
+// committed while paused: the monitor compares it with nf_tables'
+// generation counter and, when anyone else committed meanwhile, reports a
+// Deep change, so nothing that happened while it was deaf goes unchecked.
+type EventPauser interface {
+	PauseEvents() (resume func(ownCommits int))
+}
+
+// QuietWriter is implemented by backends that pause a change monitor around
+// their large writes.
+type QuietWriter interface {
+	SetEventPauser(EventPauser)
+}
+
 // NFTObjects names our nf_tables objects. Families are NFPROTO values
 // (2 ip, 10 ip6, 1 inet).
 type NFTObjects struct {

@@ -246,3 +246,63 @@ func TestKernelBigCommitNoOverrun(t *testing.T) {
 		t.Fatalf("foreign flush of 100k: %+v, want a refill without the deep verify", got.Objects)
 	}
 }
+
+// While paused the monitor hears nothing, and on resume it reports a Deep
+// change exactly when someone else committed meanwhile: our own commits,
+// counted by the caller, match the generation counter and publish nothing.
+func TestKernelPause(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	r := &kernelRig{t: t, ch: make(chan backend.Change, 16)}
+	m, err := New(backend.NFTObjects{Tables: []backend.NFTTable{{Family: familyIPv4, Name: "cs"}}, OwnWrite: r.kids.Own},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Before Run has subscribed there is nothing to pause or report.
+	m.PauseEvents()(0)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = m.Run(ctx, r.ch) }()
+	r.own("nft", "add", "table", "ip", "cs")
+	eventuallySubscribed(t, r)
+
+	cases := []struct {
+		name  string
+		write func() int // what happens while paused; returns our commits
+		deep  bool
+	}{
+		{"our own two commits", func() int {
+			r.own("nft", "add", "chain", "ip", "cs", "a")
+			r.own("nft", "delete", "chain", "ip", "cs", "a")
+			return 2
+		}, false},
+		{"someone deletes our chain", func() int {
+			r.own("nft", "add", "chain", "ip", "cs", "b")
+			r.admin("nft", "delete", "chain", "ip", "cs", "b")
+			return 1
+		}, true},
+		{"someone commits elsewhere", func() int {
+			r.admin("nft", "add", "table", "ip", "other")
+			return 0
+		}, true},
+		{"our commit miscounted as failed", func() int {
+			r.own("nft", "add", "chain", "ip", "cs", "c")
+			return 0
+		}, true},
+	}
+	for _, c := range cases {
+		resume := m.PauseEvents()
+		own := c.write()
+		resume(own)
+		got := r.marker()
+		if got.Deep != c.deep {
+			t.Errorf("%s: deep %v, want %v (%+v)", c.name, got.Deep, c.deep, got)
+		}
+		// Paused means deaf: the deletion itself was not heard.
+		if hasObject(got, "chain ip cs b") {
+			t.Errorf("%s: an event arrived while paused: %+v", c.name, got.Objects)
+		}
+	}
+}

@@ -52,6 +52,12 @@ type Monitor struct {
 	mu      sync.Mutex
 	pending backend.Change
 	ready   chan struct{} // one token while pending holds something
+
+	// sockMu guards the subscribed socket (nil outside Run) for
+	// PauseEvents, and the error of a failed rejoin, which ends Run.
+	sockMu    sync.Mutex
+	file      *os.File
+	rejoinErr error
 }
 
 // New builds a monitor for the objects a backend names. It does not open
@@ -87,6 +93,14 @@ func (m *Monitor) Run(ctx context.Context, out chan<- backend.Change) error {
 	if err != nil {
 		return err
 	}
+	m.sockMu.Lock()
+	m.file = f
+	m.sockMu.Unlock()
+	defer func() {
+		m.sockMu.Lock()
+		m.file = nil
+		m.sockMu.Unlock()
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	rerr := make(chan error, 1)
@@ -107,6 +121,11 @@ func (m *Monitor) Run(ctx context.Context, out chan<- backend.Change) error {
 			return errors.Join(err, cerr)
 		case err := <-rerr:
 			_ = f.Close()
+			m.sockMu.Lock()
+			if m.rejoinErr != nil {
+				err = m.rejoinErr
+			}
+			m.sockMu.Unlock()
 			return fmt.Errorf("nf_tables events: %w", err)
 		case <-m.ready:
 			c := m.take()

@@ -47,9 +47,41 @@ type Backend struct {
 	// mirrors hold what our interval sets should hold, by kernel set name
 	// (see intervals.go); nil entries are unknown and re-read from the kernel.
 	mirrors map[string]*mirror
+	// pauser, when a change monitor runs, is paused around large writes.
+	pauser backend.EventPauser
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend     = (*Backend)(nil)
+	_ backend.QuietWriter = (*Backend)(nil)
+)
+
+// quietAbove is the size of a write, in entries, from which it pauses the
+// change monitor: below it the kernel's per-element notifications cost
+// less than the pause's two generation reads.
+const quietAbove = 1000
+
+// SetEventPauser implements backend.QuietWriter. Call it before the
+// enforcer starts.
+func (b *Backend) SetEventPauser(p backend.EventPauser) { b.pauser = p }
+
+// quiet pauses the change monitor for a write of n entries when that is
+// worth it. Call the result with the number of transactions committed.
+func (b *Backend) quiet(n int) (resume func(commits int)) {
+	if b.pauser == nil || n < quietAbove {
+		return func(int) {}
+	}
+	return b.pauser.PauseEvents()
+}
+
+// committed is what a commit's error says about how many transactions the
+// kernel took: one, or none (nf_tables applies a batch whole or not at all).
+func committed(err error) int {
+	if err != nil {
+		return 0
+	}
+	return 1
+}
 
 // family is one enabled address family's objects.
 type family struct {

@@ -270,7 +270,10 @@ func (b *Backend) applyTx(d backend.Delta, start, end int, now time.Time) ([]bac
 			return rej, err
 		}
 	}
-	if err := b.conn.Flush(); err != nil {
+	resume := b.quiet(end - start)
+	err := b.conn.Flush()
+	resume(committed(err))
+	if err != nil {
 		b.forgetMirrors()
 		return rej, fmt.Errorf("nftables apply: %w", err)
 	}
@@ -415,7 +418,10 @@ func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
 			return errors.Join(err, rejected(rej))
 		}
 	}
-	if err := tx.commit(); err != nil {
+	resume := b.quiet(len(active))
+	err := tx.commit()
+	resume(committed(err))
+	if err != nil {
 		b.forgetMirrors()
 		return errors.Join(fmt.Errorf("nftables replay: %w", err), rejected(rej))
 	}
