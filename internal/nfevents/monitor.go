@@ -196,7 +196,7 @@ func (m *Monitor) read(f *os.File) error {
 			m.overrun(t)
 			continue
 		}
-		if err := split(buf[:n], func(msg message) { m.handle(t, msg) }); err != nil {
+		if err := split(buf[:n], t.full, func(msg message) { m.handle(t, msg) }); err != nil {
 			m.log.Warn("unreadable nf_tables event, checking everything", "err", err)
 			m.overrun(t)
 		}

@@ -1,6 +1,7 @@
 package nfevents
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -112,7 +113,10 @@ type elem struct {
 // split walks a datagram from the socket and calls fn for each nf_tables
 // message of a type the monitor reads; other messages are skipped on their
 // header alone, so a flood of additions (our own 100k replay) costs little.
-func split(b []byte, fn func(message)) error {
+// While skipElems reports true, deleted elements are not decoded: a 100k
+// flush by another program is past the listing cap after a few thousand,
+// and decoding the rest delayed its repair.
+func split(b []byte, skipElems func() bool, fn func(message)) error {
 	for len(b) >= nlmsgHdrLen {
 		l := int(binary.NativeEndian.Uint32(b))
 		if l < nlmsgHdrLen || l > len(b) {
@@ -120,7 +124,7 @@ func split(b []byte, fn func(message)) error {
 		}
 		typ := binary.NativeEndian.Uint16(b[4:])
 		if typ>>8 == nfnlSubsysNF && wanted(uint8(typ)) && l >= nlmsgHdrLen+nfgenHdrLen {
-			m, err := decode(uint8(typ), b[nlmsgHdrLen:l])
+			m, err := decode(uint8(typ), b[nlmsgHdrLen:l], skipElems())
 			if err != nil {
 				return err
 			}
@@ -143,8 +147,9 @@ func wanted(t uint8) bool {
 	return false
 }
 
-// decode reads one message's payload (nfgenmsg + attributes).
-func decode(typ uint8, p []byte) (message, error) {
+// decode reads one message's payload (nfgenmsg + attributes), without the
+// deleted elements when skipElems is set.
+func decode(typ uint8, p []byte, skipElems bool) (message, error) {
 	m := message{typ: typ, family: p[0]}
 	as, err := parseAttrs(p[nfgenHdrLen:])
 	if err != nil {
@@ -164,6 +169,9 @@ func decode(typ uint8, p []byte) (message, error) {
 		m.set = str(as, attrSetName)
 	case msgDelSetElem:
 		m.set = str(as, attrSetName)
+		if skipElems {
+			break
+		}
 		if m.elems, err = decodeElems(find(as, attrElemList)); err != nil {
 			return m, err
 		}
@@ -186,16 +194,21 @@ func decodeElems(b []byte) ([]elem, error) {
 		if err != nil {
 			return nil, err
 		}
+		// Keys are copied: the receive buffer is reused for the next
+		// datagram while a transaction's elements wait for its commit
+		// marker, which the kernel sends in a datagram of its own.
 		var e elem
 		if k, err := dataValue(find(as, attrElemKey)); err == nil {
-			e.key = k
+			e.key = bytes.Clone(k)
 		} else {
 			return nil, err
 		}
 		if k := find(as, attrElemEnd); k != nil {
-			if e.keyEnd, err = dataValue(k); err != nil {
+			k, err := dataValue(k)
+			if err != nil {
 				return nil, err
 			}
+			e.keyEnd = bytes.Clone(k)
 		}
 		if f := find(as, attrElemFlags); len(f) == 4 {
 			e.end = binary.BigEndian.Uint32(f)&elemIntervalEnd != 0

@@ -135,7 +135,7 @@ func feed(t *testing.T, m *Monitor, datagrams ...[]byte) backend.Change {
 	t.Helper()
 	tx := newTxn(m.f)
 	for _, d := range datagrams {
-		if err := split(d, func(msg message) { m.handle(tx, msg) }); err != nil {
+		if err := split(d, tx.full, func(msg message) { m.handle(tx, msg) }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -235,7 +235,7 @@ func TestMonitorCoalesces(t *testing.T) {
 		cat(delChain(familyIPv4, "filter", "CROWDSEC_CHAIN"), newGen(2, otherPID)),
 		cat(delElems(familyIPv4, "crowdsec", "s", el{key: "192.0.2.1"}), newGen(3, otherPID)),
 	} {
-		if err := split(d, func(msg message) { m.handle(tx, msg) }); err != nil {
+		if err := split(d, tx.full, func(msg message) { m.handle(tx, msg) }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -256,7 +256,7 @@ func TestMonitorCoalesces(t *testing.T) {
 func TestMonitorOverrun(t *testing.T) {
 	m := testMonitor(t)
 	tx := newTxn(m.f)
-	if err := split(delRule(familyIPv4, "filter", "INPUT"), func(msg message) { m.handle(tx, msg) }); err != nil {
+	if err := split(delRule(familyIPv4, "filter", "INPUT"), tx.full, func(msg message) { m.handle(tx, msg) }); err != nil {
 		t.Fatal(err)
 	}
 	m.overrun(tx)
@@ -264,7 +264,7 @@ func TestMonitorOverrun(t *testing.T) {
 	if !c.Deep || !slices.ContainsFunc(c.Objects, func(s string) bool { return strings.Contains(s, "hook chain") }) {
 		t.Fatalf("overrun change %+v, want deep with the partial rule deletion", c)
 	}
-	if err := split(cat(delTable(familyIPv4, "crowdsec"), newGen(2, otherPID)), func(msg message) { m.handle(tx, msg) }); err != nil {
+	if err := split(cat(delTable(familyIPv4, "crowdsec"), newGen(2, otherPID)), tx.full, func(msg message) { m.handle(tx, msg) }); err != nil {
 		t.Fatal(err)
 	}
 	if c := m.take(); c.Deep || len(c.Objects) != 1 {
@@ -312,7 +312,7 @@ func TestMonitorElementCap(t *testing.T) {
 // feedTo delivers one datagram to the transaction in progress.
 func feedTo(t *testing.T, m *Monitor, tx *txn, d []byte) {
 	t.Helper()
-	if err := split(d, func(msg message) { m.handle(tx, msg) }); err != nil {
+	if err := split(d, tx.full, func(msg message) { m.handle(tx, msg) }); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -320,7 +320,7 @@ func feedTo(t *testing.T, m *Monitor, tx *txn, d []byte) {
 func TestMalformedMessageIsAnError(t *testing.T) {
 	b := delRule(familyIPv4, "filter", "INPUT")
 	binary.NativeEndian.PutUint16(b[nlmsgHdrLen+nfgenHdrLen:], 200) // attribute longer than the message
-	if err := split(b, func(message) {}); err == nil {
+	if err := split(b, func() bool { return false }, func(message) {}); err == nil {
 		t.Fatal("a malformed message was accepted")
 	}
 }
@@ -328,5 +328,34 @@ func TestMalformedMessageIsAnError(t *testing.T) {
 func TestNothingToWatch(t *testing.T) {
 	if _, err := New(backend.NFTObjects{}, slog.New(slog.NewTextHandler(io.Discard, nil))); err != ErrNothingToWatch {
 		t.Fatalf("New with no objects: %v, want ErrNothingToWatch", err)
+	}
+}
+
+// The monitor reads every datagram into one buffer; a transaction's
+// deleted elements wait there for its commit marker, which comes in a
+// datagram of its own. What was read earlier must survive the reuse.
+func TestElementsSurviveBufferReuse(t *testing.T) {
+	m := testMonitor(t)
+	tx := newTxn(m.f)
+	buf := make([]byte, 64<<10)
+	feed := func(d []byte) {
+		t.Helper()
+		n := copy(buf, d)
+		if err := split(buf[:n], tx.full, func(msg message) { m.handle(tx, msg) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	feed(delElems(familyIPv4, "crowdsec", "s", el{key: "192.0.2.10"}, el{key: "192.0.2.11"}))
+	feed(delElems(familyIPv4, "crowdsec", "s", el{key: "203.0.113.7"}, el{key: "203.0.113.8"}, el{key: "203.0.113.9"}))
+	feed(newGen(1, otherPID))
+	c := m.take()
+	var got []string
+	for _, p := range c.Elements["s"] {
+		got = append(got, p.String())
+	}
+	slices.Sort(got)
+	want := []string{"192.0.2.10/32", "192.0.2.11/32", "203.0.113.7/32", "203.0.113.8/32", "203.0.113.9/32"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("deleted elements %v, want %v", got, want)
 	}
 }

@@ -48,6 +48,10 @@ func (t *txn) add(m message) {
 	}
 }
 
+// full reports whether the transaction stopped listing elements: those
+// that follow need not be decoded.
+func (t *txn) full() bool { return t.over }
+
 // relevant reports whether anything of ours was deleted so far.
 func (t *txn) relevant() bool { return len(t.objects) > 0 || t.n > 0 || t.over || t.gone }
 
