@@ -266,7 +266,7 @@ func (j *Journal) appendDelta(b Batch, now int64, added map[string]int) {
 	}
 	for _, key := range b.Deleted {
 		if pk, ok := v.packKey(key); ok {
-			delete(v.m, pk)
+			v.m.del(pk)
 		}
 	}
 }
@@ -277,10 +277,10 @@ func (j *Journal) appendFull(b Batch, now int64, added map[string]int) {
 	// table, which readers use under v.mu.
 	v.mu.Lock()
 	nv := newView(v.strs)
-	nv.m = make(map[vkey]vval, len(b.New))
+	nv.m = newVmap(len(b.New))
 	for _, d := range b.New {
 		// since is kept for keys the old view holds with the same origin.
-		nv.upsertPrev(v.m, recordOf(d, now), now)
+		nv.upsertPrev(&v.m, recordOf(d, now), now)
 	}
 	v.mu.Unlock()
 	if j.lag == nil {
