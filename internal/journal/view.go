@@ -41,6 +41,7 @@ type vval struct {
 	until int64  // unix ms
 	since int64  // unix ms, 0 = unknown (journaled before since was kept)
 	label uint32 // interned (origin, scenario) pair
+	stale bool   // set before the full batch being applied (see replace)
 }
 
 // pair is two interned strings: (scope, type) or (origin, scenario).
@@ -149,39 +150,106 @@ func (v *View) decision(k vkey, val vval) Decision {
 
 // upsert inserts or replaces; LAPI's latest value is authoritative, even
 // when shorter (a delete + re-add with a shorter duration must shorten).
-// A record already expired at now removes the key instead. It returns the
-// packed key, the previous entry if any, and whether r was inserted.
-func (v *View) upsert(r record, now int64) (k vkey, old vval, existed, inserted bool) {
-	return v.upsertPrev(&v.m, r, now)
-}
-
-// upsertPrev is upsert taking the decision's since from prev: a key prev
-// holds, unexpired at now and with the same origin, is an extension and
-// keeps its since; otherwise the decision is new and gets r.since. A full
-// batch builds a fresh map, so it passes the old view as prev.
-func (v *View) upsertPrev(prev *vmap, r record, now int64) (k vkey, old vval, existed, inserted bool) {
-	k = v.internKey(r.prefix, r.scope, r.typ)
-	old, existed = v.m.get(k)
+// A record already expired at now removes the key instead.
+func (v *View) upsert(r record, now int64) {
+	k := v.internKey(r.prefix, r.scope, r.typ)
+	cur, ok := v.m.get(k)
 	if r.until <= now {
-		if existed {
+		if ok {
 			v.m.del(k)
 		}
-		return k, old, existed, false
+		return
 	}
-	if !existed {
+	if !ok {
 		v.noteCombo(k)
 	}
-	origin := v.strs.strs.intern(r.origin)
-	label := v.strs.pairs.intern(pair{origin, v.strs.strs.intern(r.scenario)})
+	v.put(k, r, v.strs.strs.intern(r.origin), cur, ok, now)
+}
+
+// put stores r, of origin, at k. prev is the entry k held (if any): held
+// unexpired at now and with the same origin, r is an extension and keeps
+// its since; otherwise the decision is new and gets r.since.
+func (v *View) put(k vkey, r record, origin uint32, prev vval, hasPrev bool, now int64) {
 	since := r.since
-	if p, ok := prev.get(k); ok && v.strs.pairs.list[p.label].a == origin && p.until > now {
-		since = p.since
+	if hasPrev && v.origin(prev) == origin && prev.until > now {
+		since = prev.since
 	}
+	label := v.strs.pairs.intern(pair{origin, v.strs.strs.intern(r.scenario)})
 	v.m.set(k, vval{until: r.until, since: since, label: label})
-	if r.until < v.minUntil {
-		v.minUntil = r.until
+	v.minUntil = min(v.minUntil, r.until)
+}
+
+func (v *View) origin(val vval) uint32 { return v.strs.pairs.list[val.label].a }
+
+// replace makes v hold exactly the decisions of a full batch, each with the
+// since it would get upserted into an empty view with the old entries as
+// prev — but in place: a second map would double the view at the peak
+// (67 MB more at a million IPv4 keys).
+//
+// A first pass drops the entries the batch does not keep, so that their
+// slots take its new keys rather than growing the map. The kept entries
+// are then marked stale, which tells them from what the batch sets. A key
+// the batch holds twice must still find the old entry as prev: one that an
+// earlier duplicate overwrote or deleted is kept in displaced, unless what
+// replaced it gives the same since (same origin, or the old one had
+// expired anyway).
+func (v *View) replace(ds []Decision, now int64) {
+	if v.m.len() == 0 {
+		// Sizing the map once avoids growing it table by table.
+		v.m = newVmap(len(ds))
 	}
-	return k, old, existed, true
+	v.m.markStale()
+	for _, d := range ds {
+		if untilMS(d.Until) > now {
+			k := v.internKey(d.Prefix, d.Scope, d.Type)
+			if cur, ok := v.m.get(k); ok && cur.stale {
+				v.m.set(k, cur)
+			}
+		}
+	}
+	for k, val := range v.m.all {
+		if val.stale {
+			v.m.del(k)
+		}
+	}
+	// Every entry left has an unexpired decision in the batch, which
+	// overwrites it below: none is left stale.
+	v.m.markStale()
+	v.combos, v.minUntil = nil, math.MaxInt64
+	var displaced map[vkey]vval
+	for _, d := range ds {
+		r := recordOf(d, now)
+		k := v.internKey(r.prefix, r.scope, r.typ)
+		cur, ok := v.m.get(k)
+		fresh := ok && !cur.stale // set by an earlier duplicate
+		prev, saved := displaced[k]
+		if !saved {
+			prev = cur
+		}
+		hasPrev := saved || ok
+		expired := r.until <= now
+		var origin uint32
+		if !expired {
+			origin = v.strs.strs.intern(r.origin)
+		}
+		if ok && !saved && cur.until > now && (expired && fresh || !expired && v.origin(cur) != origin) {
+			if displaced == nil {
+				displaced = make(map[vkey]vval)
+			}
+			displaced[k] = cur
+		}
+		if expired {
+			if fresh {
+				v.m.del(k)
+			}
+			continue
+		}
+		if !fresh {
+			v.noteCombo(k)
+		}
+		v.put(k, r, origin, prev, hasPrev, now)
+	}
+	v.m.fit()
 }
 
 func (v *View) noteCombo(k vkey) {
