@@ -17,8 +17,8 @@ import (
 // for concurrent use, so that a metrics scrape (Journal.Stats) or a debug
 // endpoint may read it while the enforcer works.
 //
-// Memory: entries are packed (see vmap; strings are interned indices), so
-// an IPv4 decision costs about 32 bytes and a million of them ~67 MB.
+// Memory: entries are packed (see vmap; strings are interned indices):
+// 100k IPv4 decisions take about 4 MB, a million 67 MB.
 type View struct {
 	mu       sync.RWMutex
 	m        vmap
