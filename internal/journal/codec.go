@@ -88,7 +88,6 @@ type record struct {
 // base (smallest Until) up front so that deltas can be written in one pass.
 type encoder struct {
 	full   bool
-	since  bool // write each decision's since (the snapshot)
 	base   int64
 	at     int64
 	strIdx map[string]uint64
@@ -120,17 +119,21 @@ func (e *encoder) str(s string) uint64 {
 }
 
 func (e *encoder) addNew(r record) {
-	e.news = appendPrefix(e.news, r.prefix)
-	// Unsigned wrap-around keeps this exact even for absurd times.
-	e.news = binary.AppendUvarint(e.news, uint64(r.until)-uint64(e.base))
-	e.news = binary.AppendUvarint(e.news, e.str(r.origin))
-	e.news = binary.AppendUvarint(e.news, e.str(r.scenario))
-	e.news = binary.AppendUvarint(e.news, e.str(r.typ))
-	e.news = binary.AppendUvarint(e.news, e.str(r.scope))
-	if e.since {
-		e.news = binary.AppendUvarint(e.news, sinceCode(e.at, r.since))
-	}
+	e.news = appendNew(e.news, r.prefix, r.until, e.base,
+		e.str(r.origin), e.str(r.scenario), e.str(r.typ), e.str(r.scope))
 	e.nNew++
+}
+
+// appendNew appends a new decision without its since: prefix, until
+// relative to base, and the string indices.
+func appendNew(b []byte, p netip.Prefix, until, base int64, origin, scenario, typ, scope uint64) []byte {
+	b = appendPrefix(b, p)
+	// Unsigned wrap-around keeps this exact even for absurd times.
+	b = binary.AppendUvarint(b, uint64(until)-uint64(base))
+	b = binary.AppendUvarint(b, origin)
+	b = binary.AppendUvarint(b, scenario)
+	b = binary.AppendUvarint(b, typ)
+	return binary.AppendUvarint(b, scope)
 }
 
 func (e *encoder) addDel(k Key) {
@@ -142,32 +145,56 @@ func (e *encoder) addDel(k Key) {
 
 // finish assembles the value: header, string table, bodies, CRC.
 func (e *encoder) finish() []byte {
-	size := 2 + 3*binary.MaxVarintLen64 + len(e.news) + len(e.dels) + 4
-	for _, s := range e.strs {
-		size += binary.MaxVarintLen64 + len(s)
-	}
-	out := make([]byte, 0, size)
 	flags := byte(0)
 	if e.full {
 		flags |= flagFull
 	}
-	if e.since {
-		flags |= flagSince
-	}
-	out = append(out, codecVersion, flags)
-	out = binary.AppendVarint(out, e.base)
-	out = binary.AppendVarint(out, e.at)
-	out = binary.AppendUvarint(out, uint64(len(e.strs)))
-	for _, s := range e.strs {
-		out = binary.AppendUvarint(out, uint64(len(s)))
-		out = append(out, s...)
-	}
+	out := make([]byte, 0, headerSize(e.strs)+len(e.news)+len(e.dels)+2*binary.MaxVarintLen64+4)
+	out = appendHeader(out, flags, e.base, e.at, e.strs)
 	out = binary.AppendUvarint(out, uint64(e.nNew))
 	out = append(out, e.news...)
 	out = binary.AppendUvarint(out, uint64(e.nDel))
 	out = append(out, e.dels...)
-	return binary.LittleEndian.AppendUint32(out, crc32.Checksum(out, crcTable))
+	return appendCRC(out)
 }
+
+// headerSize bounds the size of appendHeader's output.
+func headerSize(strs []string) int {
+	size := 2 + 3*binary.MaxVarintLen64
+	for _, s := range strs {
+		size += binary.MaxVarintLen64 + len(s)
+	}
+	return size
+}
+
+// appendHeader appends a value's version, flags, base, at and string table.
+func appendHeader(out []byte, flags byte, base, at int64, strs []string) []byte {
+	out = append(out, codecVersion, flags)
+	out = binary.AppendVarint(out, base)
+	out = binary.AppendVarint(out, at)
+	out = binary.AppendUvarint(out, uint64(len(strs)))
+	for _, s := range strs {
+		out = binary.AppendUvarint(out, uint64(len(s)))
+		out = append(out, s...)
+	}
+	return out
+}
+
+func appendCRC(b []byte) []byte {
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+}
+
+// uvarintLen is the length of binary.AppendUvarint(nil, x).
+func uvarintLen(x uint64) int {
+	n := 1
+	for ; x >= 0x80; x >>= 7 {
+		n++
+	}
+	return n
+}
+
+// prefixLen is the length of appendPrefix(nil, p) for a prefix of bits.
+func prefixLen(bits uint8) int { return 1 + (int(bits)+7)/8 }
 
 // sinceCode packs since relative to at: 0 is unknown, and a since after at
 // (a clock that stepped back) still round-trips through the zigzag.

@@ -139,8 +139,8 @@ func (v *View) Active(now time.Time) []Decision {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	t := untilMS(now)
-	out := make([]Decision, 0, len(v.m))
-	for k, val := range v.m {
+	out := make([]Decision, 0, v.m.len())
+	for k, val := range v.m.all {
 		if val.until > t {
 			out = append(out, v.decision(k, val))
 		}

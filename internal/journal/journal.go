@@ -266,25 +266,20 @@ func (j *Journal) appendDelta(b Batch, now int64, added map[string]int) {
 	}
 	for _, key := range b.Deleted {
 		if pk, ok := v.packKey(key); ok {
-			delete(v.m, pk)
+			v.m.del(pk)
 		}
 	}
 }
 
 func (j *Journal) appendFull(b Batch, now int64, added map[string]int) {
 	v := j.view
-	// Build the new view aside; it shares (and so interns into) the string
-	// table, which readers use under v.mu.
 	v.mu.Lock()
-	nv := newView(v.strs)
-	nv.m = make(map[vkey]vval, len(b.New))
-	for _, d := range b.New {
-		// since is kept for keys the old view holds with the same origin.
-		nv.upsertPrev(v.m, recordOf(d, now), now)
-	}
+	v.replace(b.New, now)
 	v.mu.Unlock()
 	if j.lag == nil {
-		data := nv.encode(now)
+		v.mu.RLock()
+		data := v.encode(now)
+		v.mu.RUnlock()
 		if j.write(func(tx *bolt.Tx) error {
 			if err := writeSnapshot(tx, data); err != nil {
 				return err
@@ -295,10 +290,6 @@ func (j *Journal) appendFull(b Batch, now int64, added map[string]int) {
 		}
 	}
 	j.mergeOrigins(added)
-
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	v.m, v.combos, v.minUntil = nv.m, nv.combos, nv.minUntil
 }
 
 // writeSnapshot stores data as the snapshot and drops every event, keeping

@@ -3,6 +3,7 @@ package journal
 import (
 	"encoding/binary"
 	"hash/crc32"
+	"math/rand/v2"
 	"strconv"
 	"testing"
 	"time"
@@ -206,4 +207,89 @@ func TestSinceCodeRoundTrip(t *testing.T) {
 			t.Errorf("at %d since %d: round trip %d", tt.at, tt.since, got)
 		}
 	}
+}
+
+// TestFullSinceWithDuplicates checks a full batch against the rule it
+// follows, on random batches holding keys twice or more with other
+// origins and expired values: each decision keeps the since of the entry
+// the view held before the batch when that entry was unexpired and of the
+// same origin, whatever earlier duplicates in the batch did.
+func TestFullSinceWithDuplicates(t *testing.T) {
+	j := openTest(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+	prefixes := []string{"192.0.2.1/32", "192.0.2.2/32", "198.51.100.0/24", "2001:db8::1/128", "2001:db8:1::/48"}
+	origins := []string{"crowdsec", "cscli", "CAPI"}
+	types := []string{"ban", "captcha"}
+	batch := func(now time.Time) Batch {
+		b := Batch{Full: true}
+		for range rng.IntN(30) {
+			d := dec(prefixes[rng.IntN(len(prefixes))], 0, origins[rng.IntN(len(origins))])
+			d.Type = types[rng.IntN(len(types))]
+			d.Until = now.Add(time.Duration(rng.IntN(7)-2) * time.Hour)
+			b.New = append(b.New, d)
+		}
+		return b
+	}
+	for i := range 300 {
+		now := t0.Add(time.Duration(i) * 10 * time.Hour)
+		j.clock.t = now.Add(-time.Hour)
+		if err := j.Append(batch(j.clock.t)); err != nil {
+			t.Fatalf("Append: %v", err)
+		}
+		old := sinceState(j.View())
+		b := batch(now)
+		want := make(map[Key]sinceEntry)
+		for _, d := range b.New {
+			if !d.Until.After(now) {
+				delete(want, d.Key())
+				continue
+			}
+			e := sinceEntry{d, now}
+			if o, ok := old[d.Key()]; ok && o.d.Origin == d.Origin && o.d.Until.After(now) {
+				e.since = o.since
+			}
+			want[d.Key()] = e
+		}
+		j.clock.t = now
+		if err := j.Append(b); err != nil {
+			t.Fatalf("Append: %v", err)
+		}
+		for when, got := range map[string]map[Key]sinceEntry{"view": sinceState(j.View()), "snapshot": sinceState(snapshotView(t, j))} {
+			if len(got) != len(want) {
+				t.Fatalf("round %d %s: %d entries, want %d\nbatch %+v\nold %+v", i, when, len(got), len(want), b.New, old)
+			}
+			for k, w := range want {
+				if got[k] != w {
+					t.Fatalf("round %d %s: %v = %+v, want %+v\nbatch %+v\nold %+v", i, when, k, got[k], w, b.New, old)
+				}
+			}
+		}
+	}
+}
+
+type sinceEntry struct {
+	d     Decision
+	since time.Time
+}
+
+func sinceState(v *View) map[Key]sinceEntry {
+	m := make(map[Key]sinceEntry)
+	v.EachSince(func(d Decision, since time.Time) bool {
+		m[d.Key()] = sinceEntry{d, since}
+		return true
+	})
+	return m
+}
+
+// snapshotView decodes the journal's snapshot into a view.
+func snapshotView(t *testing.T, j *testJournal) *View {
+	t.Helper()
+	v := newView(newStrtab())
+	err := j.db.View(func(tx *bolt.Tx) error {
+		return decodeBatch(tx.Bucket(bucketSnapshot).Get(keySnapshot), &viewLoader{v: v, now: untilMS(j.clock.t)})
+	})
+	if err != nil {
+		t.Fatalf("decode snapshot: %v", err)
+	}
+	return v
 }

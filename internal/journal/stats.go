@@ -48,19 +48,19 @@ func (j *Journal) Stats() Stats {
 	v := j.view
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	s.Active = len(v.m)
+	s.Active = v.m.len()
 	perIdx := make(map[uint32]int)
 	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
-	for _, val := range v.m {
+	for _, val := range v.m.all {
 		lo, hi = min(lo, val.until), max(hi, val.until)
-		perIdx[val.origin]++
+		perIdx[v.strs.pairs.list[val.label].a]++
 	}
 	if s.Active > 0 {
 		s.OldestUntil, s.NewestUntil = msTime(lo), msTime(hi)
 	}
 	s.PerOrigin = make(map[string]int, len(perIdx))
 	for i, n := range perIdx {
-		s.PerOrigin[v.strs.list[i]] += n
+		s.PerOrigin[v.strs.str(i)] += n
 	}
 	return s
 }

@@ -17,50 +17,49 @@ import (
 // for concurrent use, so that a metrics scrape (Journal.Stats) or a debug
 // endpoint may read it while the enforcer works.
 //
-// Memory: entries are packed (a 32-byte key, a 24-byte value; strings are
-// interned indices), so 100k decisions cost a few MB rather than tens.
+// Memory: entries are packed (see vmap; strings are interned indices):
+// 100k IPv4 decisions take about 4 MB, a million 67 MB.
 type View struct {
 	mu       sync.RWMutex
-	m        map[vkey]vval
+	m        vmap
 	strs     *strtab
-	combos   []combo // distinct (scope, type) pairs ever inserted, for ForPrefix
-	minUntil int64   // lower bound of every until in m; lets Expire skip its scan
+	combos   []uint32 // distinct (scope, type) pairs ever inserted, for ForPrefix
+	minUntil int64    // lower bound of every until in m; lets Expire skip its scan
 }
 
-// vkey is the packed Key: the address as two words, plus interned strings.
+// vkey is the Key unpacked: the address as two words, plus the interned
+// (scope, type) pair.
 type vkey struct {
-	hi, lo     uint64
-	bits       uint8
-	v6         bool // 16-byte address (IPv6, including 4in6)
-	scope, typ uint32
+	hi, lo uint64
+	bits   uint8
+	v6     bool // 16-byte address (IPv6, including 4in6)
+	combo  uint32
 }
 
-// vval is the packed rest of a Decision, plus when it was first received.
+// vval is the rest of a Decision, plus when it was first received.
 type vval struct {
-	until            int64 // unix ms
-	since            int64 // unix ms, 0 = unknown (journaled before since was kept)
-	origin, scenario uint32
+	until int64  // unix ms
+	since int64  // unix ms, 0 = unknown (journaled before since was kept)
+	label uint32 // interned (origin, scenario) pair
+	stale bool   // set before the full batch being applied (see replace)
 }
 
-type combo struct{ scope, typ uint32 }
+// pair is two interned strings: (scope, type) or (origin, scenario).
+type pair struct{ a, b uint32 }
 
-// strtab interns strings: each distinct origin, scenario, type and scope is
-// held once and referred to by index. It only grows; distinct values are
-// few (a few hundred scenarios at most).
-type strtab struct {
-	list []string
-	idx  map[string]uint32
+// interner holds each distinct value once and refers to it by index. It
+// only grows; distinct values are few (a few hundred scenarios at most).
+type interner[T comparable] struct {
+	list []T
+	idx  map[T]uint32
 	// recent holds the indices last interned, checked before the map: a
-	// blocklist's million decisions intern the same four strings (scope,
-	// type, origin, scenario) over and over, and comparing a few short
-	// strings costs less than hashing them.
+	// blocklist's million decisions intern the same few values over and
+	// over, and comparing them costs less than hashing them.
 	recent [4]uint32
 	next   int
 }
 
-func newStrtab() *strtab { return &strtab{idx: make(map[string]uint32)} }
-
-func (s *strtab) intern(v string) uint32 {
+func (s *interner[T]) intern(v T) uint32 {
 	for _, i := range s.recent {
 		if int(i) < len(s.list) && s.list[i] == v {
 			return i
@@ -68,6 +67,9 @@ func (s *strtab) intern(v string) uint32 {
 	}
 	i, ok := s.idx[v]
 	if !ok {
+		if s.idx == nil {
+			s.idx = make(map[T]uint32)
+		}
 		i = uint32(len(s.list))
 		s.list = append(s.list, v)
 		s.idx[v] = i
@@ -77,13 +79,35 @@ func (s *strtab) intern(v string) uint32 {
 	return i
 }
 
-func (s *strtab) lookup(v string) (uint32, bool) {
+func (s *interner[T]) lookup(v T) (uint32, bool) {
 	i, ok := s.idx[v]
 	return i, ok
 }
 
+// strtab interns the strings of origins, scenarios, types and scopes, and
+// the pairs they come in. A view and the one a full batch builds aside
+// share it, so indices mean the same in both.
+type strtab struct {
+	strs  interner[string]
+	pairs interner[pair]
+}
+
+func newStrtab() *strtab { return &strtab{} }
+
+func (s *strtab) str(i uint32) string { return s.strs.list[i] }
+
+func (s *strtab) pair(a, b string) uint32 {
+	return s.pairs.intern(pair{s.strs.intern(a), s.strs.intern(b)})
+}
+
+// strings returns the two strings of pair i.
+func (s *strtab) strings(i uint32) (string, string) {
+	p := s.pairs.list[i]
+	return s.strs.list[p.a], s.strs.list[p.b]
+}
+
 func newView(strs *strtab) *View {
-	return &View{m: make(map[vkey]vval), strs: strs, minUntil: math.MaxInt64}
+	return &View{strs: strs, minUntil: math.MaxInt64}
 }
 
 func packAddr(p netip.Prefix) (hi, lo uint64, bits uint8, v6 bool) {
@@ -103,74 +127,138 @@ func (k vkey) prefix() netip.Prefix {
 }
 
 // packKey converts k without interning; ok is false when k's strings were
-// never seen, so k cannot be in the view.
+// never seen together, so k cannot be in the view.
 func (v *View) packKey(k Key) (vkey, bool) {
-	s, ok1 := v.strs.lookup(k.Scope)
-	t, ok2 := v.strs.lookup(k.Type)
+	s, ok1 := v.strs.strs.lookup(k.Scope)
+	t, ok2 := v.strs.strs.lookup(k.Type)
+	c, ok3 := v.strs.pairs.lookup(pair{s, t})
 	hi, lo, bits, v6 := packAddr(k.Prefix)
-	return vkey{hi: hi, lo: lo, bits: bits, v6: v6, scope: s, typ: t}, ok1 && ok2
+	return vkey{hi: hi, lo: lo, bits: bits, v6: v6, combo: c}, ok1 && ok2 && ok3
 }
 
 func (v *View) internKey(prefix netip.Prefix, scope, typ string) vkey {
 	hi, lo, bits, v6 := packAddr(prefix)
-	return vkey{hi: hi, lo: lo, bits: bits, v6: v6, scope: v.strs.intern(scope), typ: v.strs.intern(typ)}
+	return vkey{hi: hi, lo: lo, bits: bits, v6: v6, combo: v.strs.pair(scope, typ)}
 }
 
 func (v *View) decision(k vkey, val vval) Decision {
-	return Decision{
-		Prefix:   k.prefix(),
-		Until:    msTime(val.until),
-		Origin:   v.strs.list[val.origin],
-		Scenario: v.strs.list[val.scenario],
-		Type:     v.strs.list[k.typ],
-		Scope:    v.strs.list[k.scope],
-	}
+	d := Decision{Prefix: k.prefix(), Until: msTime(val.until)}
+	d.Scope, d.Type = v.strs.strings(k.combo)
+	d.Origin, d.Scenario = v.strs.strings(val.label)
+	return d
 }
 
 // upsert inserts or replaces; LAPI's latest value is authoritative, even
 // when shorter (a delete + re-add with a shorter duration must shorten).
-// A record already expired at now removes the key instead. It returns the
-// packed key, the previous entry if any, and whether r was inserted.
-func (v *View) upsert(r record, now int64) (k vkey, old vval, existed, inserted bool) {
-	return v.upsertPrev(v.m, r, now)
-}
-
-// upsertPrev is upsert taking the decision's since from prev: a key prev
-// holds, unexpired at now and with the same origin, is an extension and
-// keeps its since; otherwise the decision is new and gets r.since. A full
-// batch builds a fresh map, so it passes the old view as prev.
-func (v *View) upsertPrev(prev map[vkey]vval, r record, now int64) (k vkey, old vval, existed, inserted bool) {
-	k = v.internKey(r.prefix, r.scope, r.typ)
-	old, existed = v.m[k]
+// A record already expired at now removes the key instead.
+func (v *View) upsert(r record, now int64) {
+	k := v.internKey(r.prefix, r.scope, r.typ)
+	cur, ok := v.m.get(k)
 	if r.until <= now {
-		if existed {
-			delete(v.m, k)
+		if ok {
+			v.m.del(k)
 		}
-		return k, old, existed, false
+		return
 	}
-	if !existed {
+	if !ok {
 		v.noteCombo(k)
 	}
-	origin := v.strs.intern(r.origin)
+	v.put(k, r, v.strs.strs.intern(r.origin), cur, ok, now)
+}
+
+// put stores r, of origin, at k. prev is the entry k held (if any): held
+// unexpired at now and with the same origin, r is an extension and keeps
+// its since; otherwise the decision is new and gets r.since.
+func (v *View) put(k vkey, r record, origin uint32, prev vval, hasPrev bool, now int64) {
 	since := r.since
-	if p, ok := prev[k]; ok && p.origin == origin && p.until > now {
-		since = p.since
+	if hasPrev && v.origin(prev) == origin && prev.until > now {
+		since = prev.since
 	}
-	v.m[k] = vval{until: r.until, since: since, origin: origin, scenario: v.strs.intern(r.scenario)}
-	if r.until < v.minUntil {
-		v.minUntil = r.until
+	label := v.strs.pairs.intern(pair{origin, v.strs.strs.intern(r.scenario)})
+	v.m.set(k, vval{until: r.until, since: since, label: label})
+	v.minUntil = min(v.minUntil, r.until)
+}
+
+func (v *View) origin(val vval) uint32 { return v.strs.pairs.list[val.label].a }
+
+// replace makes v hold exactly the decisions of a full batch, each with the
+// since it would get upserted into an empty view with the old entries as
+// prev — but in place: a second map would double the view at the peak
+// (67 MB more at a million IPv4 keys).
+//
+// A first pass drops the entries the batch does not keep, so that their
+// slots take its new keys rather than growing the map. The kept entries
+// are then marked stale, which tells them from what the batch sets. A key
+// the batch holds twice must still find the old entry as prev: one that an
+// earlier duplicate overwrote or deleted is kept in displaced, unless what
+// replaced it gives the same since (same origin, or the old one had
+// expired anyway).
+func (v *View) replace(ds []Decision, now int64) {
+	if v.m.len() == 0 {
+		// Sizing the map once avoids growing it table by table.
+		v.m = newVmap(len(ds))
 	}
-	return k, old, existed, true
+	v.m.markStale()
+	for _, d := range ds {
+		if untilMS(d.Until) > now {
+			k := v.internKey(d.Prefix, d.Scope, d.Type)
+			if cur, ok := v.m.get(k); ok && cur.stale {
+				v.m.set(k, cur)
+			}
+		}
+	}
+	for k, val := range v.m.all {
+		if val.stale {
+			v.m.del(k)
+		}
+	}
+	// Every entry left has an unexpired decision in the batch, which
+	// overwrites it below: none is left stale.
+	v.m.markStale()
+	v.combos, v.minUntil = nil, math.MaxInt64
+	var displaced map[vkey]vval
+	for _, d := range ds {
+		r := recordOf(d, now)
+		k := v.internKey(r.prefix, r.scope, r.typ)
+		cur, ok := v.m.get(k)
+		fresh := ok && !cur.stale // set by an earlier duplicate
+		prev, saved := displaced[k]
+		if !saved {
+			prev = cur
+		}
+		hasPrev := saved || ok
+		expired := r.until <= now
+		var origin uint32
+		if !expired {
+			origin = v.strs.strs.intern(r.origin)
+		}
+		if ok && !saved && cur.until > now && (expired && fresh || !expired && v.origin(cur) != origin) {
+			if displaced == nil {
+				displaced = make(map[vkey]vval)
+			}
+			displaced[k] = cur
+		}
+		if expired {
+			if fresh {
+				v.m.del(k)
+			}
+			continue
+		}
+		if !fresh {
+			v.noteCombo(k)
+		}
+		v.put(k, r, origin, prev, hasPrev, now)
+	}
+	v.m.fit()
 }
 
 func (v *View) noteCombo(k vkey) {
-	c := combo{k.scope, k.typ}
 	for _, have := range v.combos {
-		if have == c {
+		if have == k.combo {
 			return
 		}
 	}
-	v.combos = append(v.combos, c)
+	v.combos = append(v.combos, k.combo)
 }
 
 // viewLoader applies a decoded record to a view (Open's rebuild path).
@@ -186,8 +274,7 @@ type viewLoader struct {
 }
 
 func (l *viewLoader) full(n int) {
-	// Sizing the map once avoids rehashing 100k entries several times.
-	l.v.m = make(map[vkey]vval, n)
+	l.v.m = newVmap(n)
 	l.v.minUntil = math.MaxInt64
 }
 func (l *viewLoader) at(ms int64) {
@@ -199,7 +286,7 @@ func (l *viewLoader) at(ms int64) {
 func (l *viewLoader) add(r record) { l.v.upsert(r, l.atNow) }
 func (l *viewLoader) del(k Key) {
 	if pk, ok := l.v.packKey(k); ok {
-		delete(l.v.m, pk)
+		l.v.m.del(pk)
 	}
 }
 
@@ -208,7 +295,7 @@ func (l *viewLoader) del(k Key) {
 func (v *View) Len() int {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	return len(v.m)
+	return v.m.len()
 }
 
 // Get returns the decision held for k.
@@ -219,7 +306,7 @@ func (v *View) Get(k Key) (Decision, bool) {
 	if !ok {
 		return Decision{}, false
 	}
-	val, ok := v.m[pk]
+	val, ok := v.m.get(pk)
 	if !ok {
 		return Decision{}, false
 	}
@@ -236,8 +323,8 @@ func (v *View) ForPrefix(p netip.Prefix) []Decision {
 	hi, lo, bits, v6 := packAddr(p)
 	var out []Decision
 	for _, c := range v.combos {
-		k := vkey{hi: hi, lo: lo, bits: bits, v6: v6, scope: c.scope, typ: c.typ}
-		if val, ok := v.m[k]; ok {
+		k := vkey{hi: hi, lo: lo, bits: bits, v6: v6, combo: c}
+		if val, ok := v.m.get(k); ok {
 			out = append(out, v.decision(k, val))
 		}
 	}
@@ -256,7 +343,7 @@ func (v *View) Since(k Key) (since time.Time, ok bool) {
 	if !ok {
 		return time.Time{}, false
 	}
-	val, ok := v.m[pk]
+	val, ok := v.m.get(pk)
 	if !ok {
 		return time.Time{}, false
 	}
@@ -268,7 +355,7 @@ func (v *View) Since(k Key) (since time.Time, ok bool) {
 func (v *View) EachSince(fn func(d Decision, since time.Time) bool) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	for k, val := range v.m {
+	for k, val := range v.m.all {
 		if !fn(v.decision(k, val), sinceTime(val.since)) {
 			return
 		}
@@ -303,7 +390,7 @@ func (v *View) ExpireN(now time.Time, limit int) []Decision {
 	}
 	var out []Decision
 	next := int64(math.MaxInt64)
-	for k, val := range v.m {
+	for k, val := range v.m.all {
 		if val.until <= t {
 			if limit > 0 && len(out) == limit {
 				// minUntil stays a valid lower bound: what is left
@@ -311,7 +398,7 @@ func (v *View) ExpireN(now time.Time, limit int) []Decision {
 				return out
 			}
 			out = append(out, v.decision(k, val))
-			delete(v.m, k)
+			v.m.del(k)
 		} else if val.until < next {
 			next = val.until
 		}
@@ -326,7 +413,7 @@ func (v *View) ExpireN(now time.Time, limit int) []Decision {
 func (v *View) NextExpiry() time.Time {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	if len(v.m) == 0 || v.minUntil == math.MaxInt64 {
+	if v.m.len() == 0 || v.minUntil == math.MaxInt64 {
 		return time.Time{}
 	}
 	return msTime(v.minUntil)
@@ -346,7 +433,7 @@ func (v *View) OnePerPrefix() bool {
 func (v *View) Each(fn func(Decision) bool) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	for k, val := range v.m {
+	for k, val := range v.m.all {
 		if !fn(v.decision(k, val)) {
 			return
 		}
@@ -355,28 +442,59 @@ func (v *View) Each(fn func(Decision) bool) {
 
 // encode writes the view's entries still in force at now as a full value
 // (the snapshot). The caller holds at least a read lock or owns v.
+//
+// A first pass finds the base, the strings in use and a bound on the size,
+// so that the value is written straight into one buffer of about its
+// size: building the body aside and copying it would hold the snapshot
+// twice at the peak.
 func (v *View) encode(now int64) []byte {
-	base := int64(math.MaxInt64)
-	for _, val := range v.m {
-		if val.until > now && val.until < base {
-			base = val.until
-		}
-	}
-	if base == math.MaxInt64 {
-		base = 0
-	}
-	e := newEncoder(true, base, now, len(v.m))
-	e.since = true
-	for k, val := range v.m {
+	base, top := int64(math.MaxInt64), int64(math.MinInt64)
+	n, size := 0, 0
+	used := make([]bool, len(v.strs.pairs.list))
+	for k, val := range v.m.all {
 		if val.until <= now {
 			continue
 		}
-		e.addNew(record{
-			prefix: k.prefix(), until: val.until,
-			origin: v.strs.list[val.origin], scenario: v.strs.list[val.scenario],
-			typ: v.strs.list[k.typ], scope: v.strs.list[k.scope],
-			since: val.since,
-		})
+		n++
+		base, top = min(base, val.until), max(top, val.until)
+		size += prefixLen(k.bits) + uvarintLen(sinceCode(now, val.since))
+		used[k.combo], used[val.label] = true, true
 	}
-	return e.finish()
+	if n == 0 {
+		base, top = 0, 0
+	}
+	// The string table holds the strings of the pairs in use; wire maps a
+	// pair to its two indices in it.
+	var strs []string
+	strIdx := make(map[uint32]uint64)
+	wire := make([][2]uint64, len(used))
+	for i, u := range used {
+		if !u {
+			continue
+		}
+		p := v.strs.pairs.list[i]
+		for j, s := range [2]uint32{p.a, p.b} {
+			w, ok := strIdx[s]
+			if !ok {
+				w = uint64(len(strs))
+				strIdx[s] = w
+				strs = append(strs, v.strs.str(s))
+			}
+			wire[i][j] = w
+		}
+	}
+	size += n * (uvarintLen(uint64(top)-uint64(base)) + 4*uvarintLen(uint64(len(strs))))
+	out := make([]byte, 0, headerSize(strs)+size+2*binary.MaxVarintLen64+4)
+	out = appendHeader(out, flagFull|flagSince, base, now, strs)
+	out = binary.AppendUvarint(out, uint64(n))
+	for k, val := range v.m.all {
+		if val.until <= now {
+			continue
+		}
+		l, c := wire[val.label], wire[k.combo] // (origin, scenario), (scope, type)
+		out = appendNew(out, k.prefix(), val.until, base, l[0], l[1], c[1], c[0])
+		out = binary.AppendUvarint(out, sinceCode(now, val.since))
+	}
+	out = binary.AppendUvarint(out, 0) // no deleted keys
+	return appendCRC(out)
 }
