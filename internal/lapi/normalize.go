@@ -131,10 +131,54 @@ type normalizer struct {
 	// repeated key replaces the earlier list as encoding/json does.
 	lists   [2]listResult
 	deleted bool // the list being filled: lists[1] when true
-	news    chunks[journal.Decision]
-	dels    chunks[journal.Key]
+	news    chunks[packed]
+	dels    chunks[packed]
 
 	lastOrigin originMemo
+	metas      []meta
+	metaIDs    map[meta]uint32
+	lastMeta   uint32 // metas' index of the last packed decision
+}
+
+// packed is a kept decision or deleted key as a list holds it until the
+// response ends: 32 bytes without pointers, where journal.Decision is 120
+// with five. The GC does not scan the lists, and the batch's slices,
+// allocated at their exact length once the lists are complete, are the
+// only full-size copies (chunks of journal.Decision and the slice they were
+// copied into were two: 230 MB at 1M decisions).
+type packed struct {
+	addr [16]byte      // the prefix's address, As16
+	dur  time.Duration // new decisions: Until is the receive time + dur
+	meta uint32        // index in normalizer.metas
+	bits uint8
+	is4  bool
+}
+
+// meta holds the strings a decision shares with many others (a blocklist's
+// 100k decisions have one meta).
+type meta struct{ origin, scenario, typ, scope string }
+
+func (n *normalizer) pack(p netip.Prefix, dur time.Duration, m meta) packed {
+	id := n.lastMeta
+	if int(id) >= len(n.metas) || n.metas[id] != m {
+		var ok bool
+		if id, ok = n.metaIDs[m]; !ok {
+			id = uint32(len(n.metas))
+			n.metas = append(n.metas, m)
+			n.metaIDs[m] = id
+		}
+		n.lastMeta = id
+	}
+	a := p.Addr()
+	return packed{addr: a.As16(), dur: dur, meta: id, bits: uint8(p.Bits()), is4: a.Is4()}
+}
+
+func (p packed) prefix() netip.Prefix {
+	a := netip.AddrFrom16(p.addr)
+	if p.is4 {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, int(p.bits))
 }
 
 type listResult struct {
@@ -143,7 +187,7 @@ type listResult struct {
 }
 
 func newNormalizer(opts NormalizeOptions) *normalizer {
-	n := &normalizer{opts: opts, strs: make(map[string]string)}
+	n := &normalizer{opts: opts, strs: make(map[string]string), metaIDs: make(map[meta]uint32)}
 	// Types match case-insensitively, as upstream lower-cases a decision's
 	// type before looking it up.
 	n.opts.Types = map[string]bool{}
@@ -221,13 +265,48 @@ func (n *normalizer) reject(f *fields, reason string) {
 func (n *normalizer) result() (journal.Batch, []Rejection, Stats) {
 	rej := append(n.lists[0].rej, n.lists[1].rej...)
 	s0, s1 := n.lists[0].stats, n.lists[1].stats
-	b := journal.Batch{New: n.news.slice(), Deleted: n.dels.slice()}
+	b := journal.Batch{New: n.newSlice(), Deleted: n.deletedSlice()}
 	b.Deleted = deletedBeforeNew(b.New, b.Deleted)
 	return b, rej, Stats{
 		SkippedSimulated: s0.SkippedSimulated + s1.SkippedSimulated,
 		SkippedType:      s0.SkippedType + s1.SkippedType,
 		SkippedFamily:    s0.SkippedFamily + s1.SkippedFamily,
 	}
+}
+
+// newSlice unpacks the new list. The receive time is the one the
+// decisions were checked against: now is set before the first byte is
+// decoded.
+func (n *normalizer) newSlice() []journal.Decision {
+	if n.news.isNil() {
+		return nil
+	}
+	out := make([]journal.Decision, 0, n.news.n)
+	for p := range n.news.all() {
+		m := &n.metas[p.meta]
+		out = append(out, journal.Decision{
+			Prefix:   p.prefix(),
+			Until:    n.now.Add(p.dur),
+			Origin:   m.origin,
+			Scenario: m.scenario,
+			Type:     m.typ,
+			Scope:    m.scope,
+		})
+	}
+	return out
+}
+
+// deletedSlice unpacks the deleted list.
+func (n *normalizer) deletedSlice() []journal.Key {
+	if n.dels.isNil() {
+		return nil
+	}
+	out := make([]journal.Key, 0, n.dels.n)
+	for p := range n.dels.all() {
+		m := &n.metas[p.meta]
+		out = append(out, journal.Key{Scope: m.scope, Prefix: p.prefix(), Type: m.typ})
+	}
+	return out
 }
 
 // deletedBeforeNew drops from del the keys that new adds back: upstream
@@ -332,8 +411,8 @@ func (n *normalizer) covers(p netip.Prefix) bool {
 	return false
 }
 
-func (n *normalizer) newDecision(d *fields) (journal.Decision, string, bool) {
-	var dec journal.Decision
+func (n *normalizer) newDecision(d *fields) (packed, string, bool) {
+	var dec packed
 	key, reason, keep := n.common(d)
 	if reason != "" || !keep {
 		return dec, reason, false
@@ -360,14 +439,12 @@ func (n *normalizer) newDecision(d *fields) (journal.Decision, string, bool) {
 	if dur <= 0 {
 		return dec, ReasonExpired, false
 	}
-	return journal.Decision{
-		Prefix:   key.Prefix,
-		Until:    n.now.Add(dur),
-		Origin:   n.originOf(d.Origin.s, d.Scenario.s),
-		Scenario: n.intern(d.Scenario.s),
-		Type:     key.Type,
-		Scope:    key.Scope,
-	}, "", true
+	return n.pack(key.Prefix, dur, meta{
+		origin:   n.originOf(d.Origin.s, d.Scenario.s),
+		scenario: n.intern(d.Scenario.s),
+		typ:      key.Type,
+		scope:    key.Scope,
+	}), "", true
 }
 
 // originOf is the interned originKey, remembering the last pair: a
@@ -397,16 +474,16 @@ func originKey(origin, scenario string) string {
 
 // deletedKey ignores duration (negative for deletes), origin and scenario:
 // deletes are per (scope, value, type).
-func (n *normalizer) deletedKey(d *fields) (journal.Key, string, bool) {
+func (n *normalizer) deletedKey(d *fields) (packed, string, bool) {
 	key, reason, keep := n.common(d)
 	if reason != "" || !keep {
-		return key, reason, false
+		return packed{}, reason, false
 	}
 	if n.familyReason(key.Prefix) != "" {
 		n.list().stats.SkippedFamily++
-		return key, "", false
+		return packed{}, "", false
 	}
-	return key, "", true
+	return n.pack(key.Prefix, 0, meta{typ: key.Type, scope: key.Scope}), "", true
 }
 
 func (n *normalizer) familyReason(p netip.Prefix) string {
