@@ -375,12 +375,12 @@ func (n *normalizer) common(d *fields) (key journal.Key, reason string, keep boo
 	switch {
 	case strings.EqualFold(d.Scope.s, journal.ScopeIP):
 		key.Scope = journal.ScopeIP
-		if p, reason = parseIP(d.Value.s); reason != "" {
+		if p, reason = parseIP(&d.Value); reason != "" {
 			return key, reason, false
 		}
 	case strings.EqualFold(d.Scope.s, journal.ScopeRange):
 		key.Scope = journal.ScopeRange
-		if p, reason = parseRange(d.Value.s); reason != "" {
+		if p, reason = parseRange(d.Value.text()); reason != "" {
 			return key, reason, false
 		}
 	default:
@@ -393,7 +393,7 @@ func (n *normalizer) common(d *fields) (key journal.Key, reason string, keep boo
 
 func tooLong(d *fields) bool {
 	for _, s := range [...]*jsonString{&d.Value, &d.Scope, &d.Type, &d.Origin, &d.Scenario, &d.Duration} {
-		if len(s.s) > maxFieldLen {
+		if len(s.s)+len(s.b) > maxFieldLen {
 			return true
 		}
 	}
@@ -432,7 +432,7 @@ func (n *normalizer) newDecision(d *fields) (packed, string, bool) {
 	case !d.Duration.ok:
 		return dec, ReasonMissingDur, false
 	}
-	dur, err := time.ParseDuration(d.Duration.s)
+	dur, err := parseDuration(&d.Duration)
 	if err != nil {
 		return dec, ReasonBadDuration, false
 	}
@@ -499,7 +499,11 @@ func (n *normalizer) familyReason(p netip.Prefix) string {
 // parseIP accepts an address (v4-mapped v6 is unmapped, zones are refused)
 // or a full-length prefix such as "192.0.2.1/32", which some tools send for
 // the Ip scope.
-func parseIP(s string) (netip.Prefix, string) {
+func parseIP(v *jsonString) (netip.Prefix, string) {
+	if a, ok := dottedQuad(v.b); ok {
+		return netip.PrefixFrom(a, 32), ""
+	}
+	s := v.text()
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		p, perr := netip.ParsePrefix(s)
@@ -531,12 +535,87 @@ func parseRange(s string) (netip.Prefix, string) {
 	return p.Masked(), ""
 }
 
+// dottedQuad parses b, a value the element parser left in the window, if
+// it is an IPv4 address in the form netip.ParseAddr accepts (four decimal
+// fields of at most 255 without leading zeros), without making a string.
+// Anything else is left to netip.
+func dottedQuad(b []byte) (netip.Addr, bool) {
+	var ip [4]byte
+	i := 0
+	for f := range ip {
+		if f > 0 {
+			if i >= len(b) || b[i] != '.' {
+				return netip.Addr{}, false
+			}
+			i++
+		}
+		v, j, ok := decimal(b, i, 3)
+		if !ok || v > 255 || b[i] == '0' && j-i > 1 {
+			return netip.Addr{}, false
+		}
+		ip[f], i = byte(v), j
+	}
+	return netip.AddrFrom4(ip), i == len(b)
+}
+
+// parseDuration parses a duration left in the window (b) in the form
+// time.Duration.String gives a decision's remaining time without making a
+// string, and anything else with time.ParseDuration.
+func parseDuration(v *jsonString) (time.Duration, error) {
+	if d, ok := durationFast(v.b); ok {
+		return d, nil
+	}
+	return time.ParseDuration(v.text())
+}
+
+// durationFast parses [D{1,6}h][D{1,2}m]D{1,2}[.D{1,9}]s. Within these
+// bounds the sum cannot overflow and the fraction is whole nanoseconds,
+// so the value is exactly time.ParseDuration's, without its unit-table
+// lookups.
+func durationFast(b []byte) (time.Duration, bool) {
+	var d time.Duration
+	i := 0
+	if v, j, ok := decimal(b, i, 6); ok && j < len(b) && b[j] == 'h' {
+		d, i = time.Duration(v)*time.Hour, j+1
+	}
+	if v, j, ok := decimal(b, i, 2); ok && j < len(b) && b[j] == 'm' {
+		d, i = d+time.Duration(v)*time.Minute, j+1
+	}
+	v, i, ok := decimal(b, i, 2)
+	if !ok {
+		return 0, false
+	}
+	d += time.Duration(v) * time.Second
+	if i < len(b) && b[i] == '.' {
+		f, j, ok := decimal(b, i+1, 9)
+		if !ok {
+			return 0, false
+		}
+		for k := j - (i + 1); k < 9; k++ {
+			f *= 10
+		}
+		d, i = d+time.Duration(f), j
+	}
+	return d, i == len(b)-1 && b[i] == 's'
+}
+
+// decimal reads the digits at b[i], which must be 1 to most, and returns
+// their value and the index after them.
+func decimal(b []byte, i, most int) (int64, int, bool) {
+	var v int64
+	j := i
+	for ; j < len(b) && isDigit(b[j]); j++ {
+		v = v*10 + int64(b[j]-'0')
+	}
+	return v, j, j > i && j-i <= most
+}
+
 func rejection(d *fields, reason string, deleted bool) Rejection {
 	r := Rejection{Reason: reason, Deleted: deleted}
 	if d == nil {
 		return r
 	}
-	r.Value = d.Value.s
+	r.Value = d.Value.text()
 	r.Scope = d.Scope.s
 	r.Type = d.Type.s
 	r.Origin = d.Origin.s
