@@ -135,6 +135,7 @@ type normalizer struct {
 	dels    chunks[packed]
 
 	lastOrigin originMemo
+	lastType   typeMemo
 	metas      []meta
 	metaIDs    map[meta]uint32
 	lastMeta   uint32 // metas' index of the last packed decision
@@ -362,12 +363,12 @@ func (n *normalizer) common(d *fields) (key journal.Key, reason string, keep boo
 	case tooLong(d):
 		return key, ReasonTooLong, false
 	}
-	typ := strings.ToLower(d.Type.s) // no copy unless it has upper case
-	if bool(d.Simulated) || strings.HasPrefix(typ, simulationTypePrefix) {
+	t := n.typeOf(d.Type.s)
+	if bool(d.Simulated) || strings.HasPrefix(t.typ, simulationTypePrefix) {
 		n.list().stats.SkippedSimulated++
 		return key, "", false
 	}
-	if !n.opts.Types[typ] {
+	if !t.supported {
 		n.list().stats.SkippedType++
 		return key, "", false
 	}
@@ -387,8 +388,25 @@ func (n *normalizer) common(d *fields) (key journal.Key, reason string, keep boo
 		return key, ReasonBadScope, false
 	}
 	key.Prefix = p
-	key.Type = n.intern(typ)
+	key.Type = t.typ
 	return key, "", true
+}
+
+// typeMemo is typeOf's last answer.
+type typeMemo struct {
+	raw, typ       string
+	supported, set bool
+}
+
+// typeOf returns the interned lower-case type and whether it is in Types,
+// remembering the last answer: a blocklist's decisions all have one type.
+func (n *normalizer) typeOf(raw string) typeMemo {
+	if l := n.lastType; l.set && l.raw == raw {
+		return l
+	}
+	typ := n.intern(strings.ToLower(raw)) // no copy unless it has upper case
+	n.lastType = typeMemo{raw: raw, typ: typ, supported: n.opts.Types[typ], set: true}
+	return n.lastType
 }
 
 func tooLong(d *fields) bool {
@@ -439,24 +457,22 @@ func (n *normalizer) newDecision(d *fields) (packed, string, bool) {
 	if dur <= 0 {
 		return dec, ReasonExpired, false
 	}
-	return n.pack(key.Prefix, dur, meta{
-		origin:   n.originOf(d.Origin.s, d.Scenario.s),
-		scenario: n.intern(d.Scenario.s),
-		typ:      key.Type,
-		scope:    key.Scope,
-	}), "", true
+	origin, scenario := n.originOf(d.Origin.s, d.Scenario.s)
+	return n.pack(key.Prefix, dur, meta{origin: origin, scenario: scenario, typ: key.Type, scope: key.Scope}), "", true
 }
 
-// originOf is the interned originKey, remembering the last pair: a
-// blocklist sends its whole list with one origin and scenario, and building
-// "lists:NAME" anew for each of a million decisions is most of their cost.
-func (n *normalizer) originOf(origin, scenario string) string {
+// originOf returns the interned originKey and scenario, remembering the
+// last pair: a blocklist sends its whole list with one origin and
+// scenario, and building "lists:NAME" anew for each of a million decisions
+// is most of their cost.
+func (n *normalizer) originOf(origin, scenario string) (key, interned string) {
 	if l := &n.lastOrigin; l.key != "" && l.origin == origin && l.scenario == scenario {
-		return l.key
+		return l.key, l.scenario
 	}
+	scenario = n.intern(scenario)
 	k := n.intern(originKey(origin, scenario))
 	n.lastOrigin = originMemo{origin, scenario, k}
-	return k
+	return k, scenario
 }
 
 // originMemo is originOf's last answer.
