@@ -1,6 +1,7 @@
 package lapi
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -57,12 +58,11 @@ func benchBody(n int) string {
 	return sb.String()
 }
 
-// pullBench runs pull against a local LAPI stand-in serving 100k bans. It
+// pullBench runs pull against a local LAPI stand-in serving n bans. It
 // first measures one pull alone, untimed: peak-heap-MB is the largest heap
 // in use (HeapInuse, sampled) above the level before the pull, retained-MB
 // what the result keeps after a GC. Then it times pulls as usual.
-func pullBench(b *testing.B, pull func(*Client) (journal.Batch, error)) {
-	const n = 100_000
+func pullBench(b *testing.B, n int, pull func(*Client) (journal.Batch, error)) {
 	srv := httptest.NewServer(&bodyLAPI{body: benchBody(n)})
 	defer srv.Close()
 	c, err := NewClient(ClientConfig{APIURL: srv.URL, APIKey: testKey}, discardLogger())
@@ -136,7 +136,7 @@ func measurePull(b *testing.B, f func() any) (peak, retained uint64) {
 // BenchmarkPullNormalize100k is the model path: Pull decodes the whole
 // response into *models.Decision, then Normalize.
 func BenchmarkPullNormalize100k(b *testing.B) {
-	pullBench(b, func(c *Client) (journal.Batch, error) {
+	pullBench(b, 100_000, func(c *Client) (journal.Batch, error) {
 		resp, err := c.Pull(b.Context(), true)
 		if err != nil {
 			return journal.Batch{}, err
@@ -147,9 +147,19 @@ func BenchmarkPullNormalize100k(b *testing.B) {
 }
 
 // BenchmarkPullBatch100k is the streaming path the daemon uses.
-func BenchmarkPullBatch100k(b *testing.B) {
-	pullBench(b, func(c *Client) (journal.Batch, error) {
-		batch, _, _, err := c.PullBatch(b.Context(), true, NormalizeOptions{}, nil)
-		return batch, err
-	})
+func BenchmarkPullBatch100k(b *testing.B) { pullBench(b, 100_000, pullBatch) }
+
+// BenchmarkPullBatch1M is the streaming path at the size of the largest
+// blocklist subscriptions, for its peak heap; skipped with -short (a body of
+// ~190 MB and about a second per pull).
+func BenchmarkPullBatch1M(b *testing.B) {
+	if testing.Short() {
+		b.Skip("1M decisions: skipped with -short")
+	}
+	pullBench(b, 1_000_000, pullBatch)
+}
+
+func pullBatch(c *Client) (journal.Batch, error) {
+	batch, _, _, err := c.PullBatch(context.Background(), true, NormalizeOptions{}, nil)
+	return batch, err
 }

@@ -1,22 +1,22 @@
 package lapi
 
+import "iter"
+
 // Chunk sizes for lists of unknown length: small first so that a delta of a
-// few decisions stays small, at most ~1 MB of journal.Decision per chunk.
+// few decisions stays small, at most 256 KiB of packed per chunk.
 const (
 	firstChunk = 64
 	maxChunk   = 8192
 )
 
 // chunks accumulates a list whose length is unknown until its end (the
-// streaming decoder) without append's regrowth: growing one slice to 100k
-// decisions allocates ~5x its final size and copies most of it several
-// times, where chunks allocate it twice (the chunks, then one exact slice)
-// and copy it once.
+// streaming decoder) without append's regrowth, which allocates ~3x the
+// final size and copies most of it several times.
 type chunks[T any] struct {
 	full    [][]T
 	cur     []T
 	n       int
-	started bool // the list had elements: slice() is non-nil even if empty
+	started bool // the list had elements: it is non-nil even if empty
 }
 
 // reset empties c; hint > 0 is the exact length, allocated at once.
@@ -41,17 +41,19 @@ func (c *chunks[T]) add(v T) {
 	c.n++
 }
 
-// slice returns the list as one slice; with a single chunk that chunk.
-func (c *chunks[T]) slice() []T {
-	if len(c.full) == 0 {
-		if c.cur == nil && c.started {
-			return []T{}
+// isNil reports whether the list's slice is nil: Normalize's is nil only
+// for a list that had no elements.
+func (c *chunks[T]) isNil() bool { return c.n == 0 && !c.started }
+
+// all yields the list in order.
+func (c *chunks[T]) all() iter.Seq[T] {
+	return func(yield func(T) bool) {
+		for _, part := range append(c.full[:len(c.full):len(c.full)], c.cur) {
+			for _, v := range part {
+				if !yield(v) {
+					return
+				}
+			}
 		}
-		return c.cur
 	}
-	out := make([]T, 0, c.n)
-	for _, ch := range c.full {
-		out = append(out, ch...)
-	}
-	return append(out, c.cur...)
 }

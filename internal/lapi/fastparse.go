@@ -12,9 +12,10 @@ package lapi
 // ignored).
 //
 // Why: decoding 100k elements with encoding/json costs one reflective walk
-// and one string allocation per field; this parser allocates only the value
-// and duration strings and looks the repeated strings (origin, scenario,
-// scope, type) up in the interning table without allocating.
+// and one string allocation per field; this parser allocates nothing for a
+// typical decision: the value and duration stay in the window for the
+// normalizer to parse, and the repeated strings (origin, scenario, scope,
+// type) are looked up in the interning table without allocating.
 
 import "encoding/json"
 
@@ -28,6 +29,9 @@ type element struct {
 	n    *normalizer
 	w    wireDecision
 	null bool
+	// the last interned origin, scenario, scope and type: a blocklist
+	// repeats them in every element, and comparing is cheaper than hashing
+	last struct{ origin, scenario, scope, typ string }
 }
 
 // decodeSlow decodes b, one element that skipValue has validated, with
@@ -84,17 +88,17 @@ func (e *element) scan(b []byte) (int, scanStatus) {
 		i = skipSpace(b, i+1)
 		switch string(key) {
 		case "duration":
-			i, st = e.stringField(b, i, &w.Duration, false)
+			i, st = e.stringField(b, i, &w.Duration, nil)
 		case "value":
-			i, st = e.stringField(b, i, &w.Value, false)
+			i, st = e.stringField(b, i, &w.Value, nil)
 		case "origin":
-			i, st = e.stringField(b, i, &w.Origin, true)
+			i, st = e.stringField(b, i, &w.Origin, &e.last.origin)
 		case "scenario":
-			i, st = e.stringField(b, i, &w.Scenario, true)
+			i, st = e.stringField(b, i, &w.Scenario, &e.last.scenario)
 		case "scope":
-			i, st = e.stringField(b, i, &w.Scope, true)
+			i, st = e.stringField(b, i, &w.Scope, &e.last.scope)
 		case "type":
-			i, st = e.stringField(b, i, &w.Type, true)
+			i, st = e.stringField(b, i, &w.Type, &e.last.typ)
 		case "simulated":
 			i, st = boolField(b, i, &w.Simulated)
 		case "id":
@@ -182,10 +186,11 @@ func plainString(b []byte, i int) (s []byte, next int, st scanStatus) {
 	return nil, len(b), scanMore
 }
 
-// stringField sets a string field from null or a plain string; interned
-// strings are looked up without allocating and stored once per distinct
-// value.
-func (e *element) stringField(b []byte, i int, dst *jsonString, intern bool) (int, scanStatus) {
+// stringField sets a string field from null or a plain string. With a
+// last, the string is interned: compared with last, else looked up
+// without allocating and stored once per distinct value; without, it is
+// left in the window.
+func (e *element) stringField(b []byte, i int, dst *jsonString, last *string) (int, scanStatus) {
 	if i < len(b) && b[i] == 'n' {
 		j, st := literal(b, i, "null")
 		if st == scanOK {
@@ -197,15 +202,18 @@ func (e *element) stringField(b []byte, i int, dst *jsonString, intern bool) (in
 	if st != scanOK {
 		return next, st
 	}
-	if intern {
-		v, hit := e.n.strs[string(s)]
-		if !hit {
-			v = string(s)
-			e.n.strs[v] = v
+	if last != nil {
+		if *last != string(s) {
+			v, hit := e.n.strs[string(s)]
+			if !hit {
+				v = string(s)
+				e.n.strs[v] = v
+			}
+			*last = v
 		}
-		*dst = jsonString{s: v, ok: true}
+		*dst = jsonString{s: *last, ok: true}
 	} else {
-		*dst = jsonString{s: string(s), ok: true}
+		*dst = jsonString{b: s, ok: true}
 	}
 	return next, scanOK
 }

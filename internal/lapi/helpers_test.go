@@ -10,3 +10,12 @@ func itoa(i int) string { return strconv.Itoa(i) }
 // unsafeStringData identifies a string's backing array, to tell whether two
 // equal strings are one copy.
 func unsafeStringData(s string) *byte { return unsafe.StringData(s) }
+
+// texts is f with the strings the element parser left in the window
+// copied out, as encoding/json decodes them.
+func (f fields) texts() fields {
+	for _, s := range [...]*jsonString{&f.Duration, &f.Origin, &f.Scenario, &f.Scope, &f.Type, &f.Value} {
+		*s = jsonString{s: s.text(), ok: s.ok}
+	}
+	return f
+}

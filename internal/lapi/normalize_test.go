@@ -288,3 +288,42 @@ func TestNormalizeInterns(t *testing.T) {
 		}
 	}
 }
+
+// FuzzWindowParsers: what dottedQuad and durationFast accept, netip and
+// time.ParseDuration accept with the same value.
+func FuzzWindowParsers(f *testing.F) {
+	for _, s := range []string{
+		"1.2.3.4", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3", "1.2.3.4.", "1.2.3.4.5",
+		"1..2.3", "1.2.3.4/32", "1.2.3.0004", "::ffff:1.2.3.4", "",
+		"23h59m58.5s", "167h59m59.999999999s", "4m0.5s", "12s", "0s", "1h5s", "5m", "5ms", "1.5ms", "-1h0m0s",
+		"1.s", ".5s", "1.1234567891s", "9999999h0m0s", "2562047h47m16.854775807s", "1h1h1s", "100s", "0.000000001s",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if a, ok := dottedQuad([]byte(s)); ok {
+			if want, err := netip.ParseAddr(s); err != nil || a != want {
+				t.Fatalf("dottedQuad(%q) = %v, netip: %v, %v", s, a, want, err)
+			}
+		}
+		if d, ok := durationFast([]byte(s)); ok {
+			if want, err := time.ParseDuration(s); err != nil || d != want {
+				t.Fatalf("durationFast(%q) = %v, time: %v, %v", s, d, want, err)
+			}
+		}
+	})
+}
+
+// TestWindowParsersTakeLAPIForms: the forms LAPI sends take the fast path.
+func TestWindowParsersTakeLAPIForms(t *testing.T) {
+	for _, s := range []string{"1.2.3.4", "198.51.100.255"} {
+		if _, ok := dottedQuad([]byte(s)); !ok {
+			t.Errorf("dottedQuad(%q) declined", s)
+		}
+	}
+	for _, s := range []string{"167h59m59.999999999s", "23h59m58.5s", "4m0.5s", "12s", "0s"} {
+		if _, ok := durationFast([]byte(s)); !ok {
+			t.Errorf("durationFast(%q) declined", s)
+		}
+	}
+}

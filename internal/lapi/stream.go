@@ -474,10 +474,22 @@ type wireDecision struct {
 }
 
 // jsonString is a string field that knows whether it was present and not
-// null: the model's non-nil *string.
+// null: the model's non-nil *string. The element parser leaves the value
+// and the duration, unique to each decision and parsed once, in the window
+// (b) instead of allocating a string for each: b is valid until the next
+// element is scanned, so what must outlive the element copies it (text).
 type jsonString struct {
 	s  string
+	b  []byte
 	ok bool
+}
+
+// text is the field's string: s, or a copy of b.
+func (j *jsonString) text() string {
+	if j.s != "" {
+		return j.s
+	}
+	return string(j.b)
 }
 
 // UnmarshalJSON implements json.Unmarshaler.
