@@ -195,8 +195,14 @@ func (v *View) origin(val vval) uint32 { return v.strs.pairs.list[val.label].a }
 // expired anyway).
 func (v *View) replace(ds []Decision, now int64) {
 	if v.m.len() == 0 {
-		// Sizing the map once avoids growing it table by table.
-		v.m = newVmap(len(ds))
+		// Sizing the maps once avoids growing them table by table.
+		n6 := 0
+		for _, d := range ds {
+			if d.Prefix.Addr().Is6() {
+				n6++
+			}
+		}
+		v.m = newVmap(len(ds)-n6, n6)
 	}
 	v.m.markStale()
 	for _, d := range ds {
@@ -271,10 +277,15 @@ type viewLoader struct {
 	v     *View
 	now   int64 // load time
 	atNow int64 // the current value's write time, capped at now
+	// size is the snapshot's entry count until the first record says
+	// which family's map to size with it: a blocklist is one family, and
+	// the count by family is not stored.
+	size int
 }
 
 func (l *viewLoader) full(n int) {
-	l.v.m = newVmap(n)
+	l.v.m = vmap{}
+	l.size = n
 	l.v.minUntil = math.MaxInt64
 }
 func (l *viewLoader) at(ms int64) {
@@ -283,7 +294,17 @@ func (l *viewLoader) at(ms int64) {
 		l.atNow = ms
 	}
 }
-func (l *viewLoader) add(r record) { l.v.upsert(r, l.atNow) }
+func (l *viewLoader) add(r record) {
+	if l.size > 0 {
+		if r.prefix.Addr().Is6() {
+			l.v.m = newVmap(0, l.size)
+		} else {
+			l.v.m = newVmap(l.size, 0)
+		}
+		l.size = 0
+	}
+	l.v.upsert(r, l.atNow)
+}
 func (l *viewLoader) del(k Key) {
 	if pk, ok := l.v.packKey(k); ok {
 		l.v.m.del(pk)

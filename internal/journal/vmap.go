@@ -49,8 +49,16 @@ func (m *vmap) unpack(s slotVal) vval {
 	}
 }
 
-// newVmap is a vmap sized for n IPv4 entries.
-func newVmap(n int) vmap { return vmap{narrow: make(map[key4]slotVal, n), high: n} }
+// newVmap is a vmap sized for n4 IPv4 and n6 IPv6 entries. A map sized
+// for the wrong family costs its full size for nothing: a 1M IPv6
+// blocklist once had 56 MB of empty IPv4 slots.
+func newVmap(n4, n6 int) vmap {
+	m := vmap{narrow: make(map[key4]slotVal, n4), high: n4 + n6}
+	if n6 > 0 {
+		m.wide = make(map[vkey]slotVal, n6)
+	}
+	return m
+}
 
 // markStale makes every entry stale until set again.
 func (m *vmap) markStale() { m.current ^= staleBit }
@@ -61,15 +69,12 @@ func (m *vmap) fit() {
 	if slots(m.high) <= slots(m.len()) {
 		return
 	}
-	c := newVmap(len(m.narrow))
+	c := newVmap(len(m.narrow), len(m.wide))
 	c.current = m.current
 	for k, s := range m.narrow {
 		c.narrow[k] = s
 	}
 	for k, s := range m.wide {
-		if c.wide == nil {
-			c.wide = make(map[vkey]slotVal, len(m.wide))
-		}
 		c.wide[k] = s
 	}
 	c.high = c.len()
