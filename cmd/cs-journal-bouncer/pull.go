@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -52,6 +53,12 @@ type puller struct {
 	sleep  func(ctx context.Context, d time.Duration) error
 	ticks  <-chan time.Time
 	jitter func() float64 // uniform in [-1, 1)
+
+	// resolve, when set, returns addresses no ban may cover (LAPI's own);
+	// the first pull calls it once (resolveOnce), whichever goroutine
+	// pulls first: the boot pull or a resync of the heal ladder.
+	resolve     func(ctx context.Context) []netip.Prefix
+	resolveOnce sync.Once
 
 	// seen holds the normalization rejections already logged and counted,
 	// so an hourly full resync does not report the same decision again.
@@ -204,13 +211,17 @@ func (p *puller) pull(ctx context.Context, full bool) error {
 		}
 		return err
 	}
+	fetched := p.now()
 	p.enf.SetLAPI(true, at, full)
 	added, deleted := len(b.New), len(b.Deleted)
 	if err := p.enf.Submit(ctx, b, at); err != nil {
 		return fmt.Errorf("apply batch: %w", err)
 	}
 	if added+deleted > 0 || full {
-		p.log.Info("pulled decisions", "full", full, "new", added, "deleted", deleted, "took", p.now().Sub(at).Round(time.Millisecond))
+		// fetch is LAPI's answer and its decoding; the rest is the
+		// journal and the kernel.
+		p.log.Info("pulled decisions", "full", full, "new", added, "deleted", deleted,
+			"took", p.now().Sub(at).Round(time.Millisecond), "fetch", fetched.Sub(at).Round(time.Millisecond))
 	}
 	return nil
 }
@@ -231,6 +242,11 @@ func (p *puller) batch(ctx context.Context, full bool) (journal.Batch, error) {
 func (p *puller) batchWithin(ctx context.Context, full bool, timeout time.Duration) (journal.Batch, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	p.resolveOnce.Do(func() {
+		if p.resolve != nil {
+			p.norm.Protected = append(p.norm.Protected, p.resolve(ctx)...)
+		}
+	})
 	// Decoded as it streams in: 100k decisions never exist as API models.
 	b, rejected, _, err := p.client.PullBatch(ctx, full, p.norm, time.Now)
 	if err != nil {

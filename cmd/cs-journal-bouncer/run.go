@@ -155,22 +155,29 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	}
 	m = metrics.New(src, metrics.Options{Logger: log, UpdateFrequency: cfg.UpdateFrequency, VerifyInterval: cfg.Heal.Interval})
 
-	// Enforce what the journal knows before LAPI is contacted.
+	// LAPI's addresses are resolved by the first pull (DNS may be slow or
+	// down): never on the way to enforcing the journal.
+	p.resolve = func(ctx context.Context) []netip.Prefix { return lapiPrefixes(ctx, cfg.APIURL, log) }
+
+	bootCtx, cancelBoot := context.WithCancel(ctx)
+	defer cancelBoot()
+	g, gctx := errgroup.WithContext(bootCtx)
+	// The first pull runs beside the boot replay: the journal is enforced
+	// without waiting for LAPI, and LAPI's answer waits for the loop
+	// (Submit), so it is applied after the journal all the same.
+	g.Go(func() error { return p.run(gctx) })
+
 	// A stop during the boot replay is a stop: the shutdown below honours
 	// on_shutdown, as for any other SIGTERM.
-	if err := enf.Boot(ctx); err != nil && ctx.Err() == nil {
-		return err
+	if err := enf.Boot(gctx); err != nil && gctx.Err() == nil {
+		cancelBoot()
+		return errors.Join(err, ignoreCanceled(g.Wait()))
 	}
 	log.Info("enforcing from journal", "entries", j.View().Len(), "since_start", time.Since(start).Round(time.Millisecond))
 	if err := sdnotify.Ready(fmt.Sprintf("enforcing %d bans from the journal", j.View().Len())); err != nil {
 		log.Warn("systemd notify failed", "err", err)
 	}
 
-	// Resolved after the journal is enforced (DNS may be slow or down) and
-	// before anything pulls.
-	p.norm.Protected = lapiPrefixes(ctx, cfg.APIURL, log)
-
-	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
 		// A bug must not end the process without a word in the log; the
 		// rules are kept, as on any fatal error.
@@ -181,7 +188,6 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		}()
 		return enf.Run(gctx)
 	})
-	g.Go(func() error { return p.run(gctx) })
 	g.Go(func() error { return watchKernel(gctx, mon, wake, log) })
 	g.Go(func() error {
 		svc := admin.NewDaemonService(enf, j, nil)
@@ -252,3 +258,12 @@ type result[T any] struct {
 }
 
 func (r result[T]) get() (T, error) { return r.v, r.err }
+
+// ignoreCanceled drops the cancellation that stopped the other goroutines
+// after a fatal error: that error says it all.
+func ignoreCanceled(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}

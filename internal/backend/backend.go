@@ -65,6 +65,18 @@ func (d *Drift) Add(kind, detail string) {
 	d.Details = append(d.Details, detail)
 }
 
+// StagedReplayer is implemented by backends that can prepare a replay
+// without enforcing any of it (fill sets aside, encode a transaction), so
+// that the preparation overlaps the journal write of a full LAPI pull:
+// 1M bans spend about as long in each. ReplayWhen is Replay that calls
+// ready after preparing and before it enforces anything it wrote — before
+// a swap, a commit, or an add into a set rules may match. It may call
+// ready more than once (only the first call waits). When ready fails it
+// enforces nothing and returns ready's error.
+type StagedReplayer interface {
+	ReplayWhen(ctx context.Context, active []Entry, ready func() error) error
+}
+
 // Limits are properties of a backend that the enforcer plans around.
 type Limits struct {
 	// MaxTimeout is the longest kernel timeout the backend can set; longer

@@ -479,12 +479,24 @@ func (e *Enforcer) apply(ctx context.Context, r *request) error {
 // exactly it. A replay (fill aside, swap) is cheaper in time and memory than
 // diffing 100k entries, and never drops enforcement while it runs.
 func (e *Enforcer) applyFull(ctx context.Context, b journal.Batch, pulledAt time.Time) error {
-	n := b.Len() // b is not used past journalAppend: see there
-	if err := e.journalAppend(b); err != nil {
+	n := b.Len() // b is not used past journalAppendFull: see journalAppend
+	start := time.Now()
+	w, err := e.journalAppendFull(b)
+	if err != nil {
 		return fmt.Errorf("journal append of full set (%d decisions): %w", n, err)
 	}
+	var journaled time.Time
+	n, err = e.ensureAndReplayAfter(ctx, func() error {
+		err := w.wait()
+		journaled = time.Now()
+		return err
+	})
+	// Whatever the replay did, the snapshot's outcome is known before the
+	// loop goes on.
+	if werr := w.wait(); werr != nil {
+		return fmt.Errorf("journal append of full set (%d decisions): %w", n, werr)
+	}
 	e.lastFullPull = pulledAt
-	n, err := e.ensureAndReplay(ctx)
 	if err != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -492,7 +504,8 @@ func (e *Enforcer) applyFull(ctx context.Context, b journal.Batch, pulledAt time
 		e.log.Error("replay of full set failed", "err", err)
 		return e.repair(ctx, []string{"apply"}, []string{err.Error()})
 	}
-	e.log.Debug("full set applied", "entries", n)
+	e.log.Debug("full set applied", "entries", n, "journal_written_after", journaled.Sub(start).Round(time.Millisecond),
+		"took", time.Since(start).Round(time.Millisecond))
 	e.health.update(func(h *Health) { h.Enforcing = true; h.ActiveEntries = e.j.View().Len() })
 	return nil
 }

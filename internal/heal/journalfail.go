@@ -2,6 +2,7 @@ package heal
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
@@ -27,7 +28,42 @@ func (e *Enforcer) journalAppend(b journal.Batch) error {
 	// Read before Append: b must not outlive it, so that a million-decision
 	// batch can be collected while the journal encodes and writes its view.
 	n, full := b.Len(), b.Full
-	err := e.j.Append(b)
+	return e.written(e.j.Append(b), n, full)
+}
+
+// journalWrite is a full batch's snapshot being written while the kernel
+// is prepared (journal.AppendFull).
+type journalWrite struct {
+	done   chan error
+	result func(error) error
+	once   sync.Once
+	err    error
+}
+
+// wait returns once the snapshot is written, with journalAppend's verdict;
+// later calls return the same.
+func (w *journalWrite) wait() error {
+	w.once.Do(func() { w.err = w.result(<-w.done) })
+	return w.err
+}
+
+// journalAppendFull is journalAppend of a full batch in two steps: when it
+// returns, the view holds b and the snapshot is being written; wait must
+// be called, and return, before anything of b is enforced.
+func (e *Enforcer) journalAppendFull(b journal.Batch) (*journalWrite, error) {
+	n := b.Len()
+	persist, err := e.j.AppendFull(b)
+	if err != nil {
+		return nil, err
+	}
+	w := &journalWrite{done: make(chan error, 1), result: func(err error) error { return e.written(err, n, true) }}
+	go func() { w.done <- persist() }()
+	return w, nil
+}
+
+// written is what an append's error means for the caller: nil when the
+// batch is durable or only in memory (reported here), else the error.
+func (e *Enforcer) written(err error, n int, full bool) error {
 	if err == nil || !errors.Is(err, journal.ErrNotDurable) {
 		return err
 	}

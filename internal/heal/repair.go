@@ -14,6 +14,14 @@ import (
 // ensureAndReplay rebuilds missing infrastructure and makes the kernel sets
 // hold exactly the view. It returns how many entries it replayed.
 func (e *Enforcer) ensureAndReplay(ctx context.Context) (int, error) {
+	return e.ensureAndReplayAfter(ctx, nil)
+}
+
+// ensureAndReplayAfter is ensureAndReplay while the journal is written:
+// journaled (when not nil) returns once it is, and is called before
+// anything is enforced; a backend that can prepare its replay meanwhile
+// (backend.StagedReplayer) does.
+func (e *Enforcer) ensureAndReplayAfter(ctx context.Context, journaled func() error) (int, error) {
 	now := e.now()
 	origins := e.declareOrigins()
 	if err := e.be.Ensure(ctx); err != nil {
@@ -31,7 +39,7 @@ func (e *Enforcer) ensureAndReplay(ctx context.Context) (int, error) {
 	counts := countEntries(es, func(backend.Entry) bool { return false })
 	e.refreshDue = time.Time{}
 	e.noteLongBans(es)
-	rejected, err := backend.Rejected(e.be.Replay(ctx, es))
+	rejected, err := backend.Rejected(e.replay(ctx, es, journaled))
 	e.reportRejections(rejected)
 	if err != nil {
 		return 0, fmt.Errorf("replay %d entries: %w", n, err)
@@ -40,6 +48,21 @@ func (e *Enforcer) ensureAndReplay(ctx context.Context) (int, error) {
 	e.counts = counts
 	e.countsDirty = false
 	return n, nil
+}
+
+// replay is Replay after journaled returns, prepared meanwhile when the
+// backend can.
+func (e *Enforcer) replay(ctx context.Context, es []backend.Entry, journaled func() error) error {
+	if journaled == nil {
+		return e.be.Replay(ctx, es)
+	}
+	if s, ok := e.be.(backend.StagedReplayer); ok {
+		return s.ReplayWhen(ctx, es, journaled)
+	}
+	if err := journaled(); err != nil {
+		return err
+	}
+	return e.be.Replay(ctx, es)
 }
 
 // infraKinds are the drift kinds whose repair leaves set members alone: a

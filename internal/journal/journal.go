@@ -94,15 +94,19 @@ type Options struct {
 // safe for concurrent use, but the design has one owner — the enforcer
 // goroutine — calling Append and Compact; others only read (Stats).
 type Journal struct {
-	mu        sync.Mutex // serializes writers and guards the fields below
-	db        *bolt.DB   // nil while the file cannot be opened for writing
-	path      string
-	timeout   time.Duration
-	now       func() time.Time
-	log       *slog.Logger
-	every     int
-	readOnly  bool
-	view      *View
+	mu       sync.Mutex // serializes writers and guards the fields below
+	db       *bolt.DB   // nil while the file cannot be opened for writing
+	path     string
+	timeout  time.Duration
+	now      func() time.Time
+	log      *slog.Logger
+	every    int
+	readOnly bool
+	view     *View
+	// origins and originSeq change under mu and omu both, so that readers
+	// holding only omu (Origins, OriginIndex) are not held up by a
+	// snapshot being written under mu (AppendFull).
+	omu       sync.RWMutex
 	origins   map[string]int
 	originSeq int // next origin index
 	events    int // events stored after the snapshot
@@ -137,16 +141,16 @@ func (j *Journal) Path() string { return j.path }
 // persisted, and never reused, so kernel set names derived from them stay
 // the same across restarts.
 func (j *Journal) OriginIndex(origin string) (int, bool) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
+	j.omu.RLock()
+	defer j.omu.RUnlock()
 	i, ok := j.origins[origin]
 	return i, ok
 }
 
 // Origins returns a copy of the origin → index map.
 func (j *Journal) Origins() map[string]int {
-	j.mu.Lock()
-	defer j.mu.Unlock()
+	j.omu.RLock()
+	defer j.omu.RUnlock()
 	out := make(map[string]int, len(j.origins))
 	for k, v := range j.origins {
 		out[k] = v
@@ -169,17 +173,17 @@ func (j *Journal) Origins() map[string]int {
 // what the caller must enforce — has the batch, the file does not (see
 // Persist).
 func (j *Journal) Append(b Batch) error {
-	for i, d := range b.New {
-		if err := validPrefix(d.Prefix); err != nil {
-			return fmt.Errorf("journal append: new decision %d: %w: %w", i, ErrInvalidDecision, err)
+	if b.Full {
+		persist, err := j.AppendFull(b)
+		if err != nil {
+			return err
 		}
+		return persist()
 	}
-	for i, k := range b.Deleted {
-		if err := validPrefix(k.Prefix); err != nil {
-			return fmt.Errorf("journal append: deleted key %d: %w: %w", i, ErrInvalidDecision, err)
-		}
+	if err := validate(b); err != nil {
+		return err
 	}
-	if !b.Full && b.Len() == 0 {
+	if b.Len() == 0 {
 		return nil
 	}
 	if j.readOnly {
@@ -191,12 +195,59 @@ func (j *Journal) Append(b Batch) error {
 	lagging := j.lag != nil
 	// Origins get their index in memory first: the kernel set names derive
 	// from it, and the batch is enforced even when the write fails.
-	added := j.newOrigins(b.New)
-	if b.Full {
-		j.appendFull(b, now, added)
-	} else {
-		j.appendDelta(b, now, added)
+	j.appendDelta(b, now, j.newOrigins(b.New))
+	return j.afterWrite(now, lagging)
+}
+
+// AppendFull is Append of a Full batch in two steps, so that the caller
+// can prepare the kernel while the file is written: when it returns, the
+// view and the origins hold b; persist writes the snapshot and returns
+// what Append would have. persist must be called exactly once, from any
+// goroutine. Until it returns, View and Origins can be read; the other
+// methods wait.
+func (j *Journal) AppendFull(b Batch) (persist func() error, err error) {
+	if !b.Full {
+		return nil, errors.New("journal AppendFull: not a full batch")
 	}
+	if err := validate(b); err != nil {
+		return nil, err
+	}
+	if j.readOnly {
+		return nil, fmt.Errorf("journal append to %s: %w", j.path, ErrReadOnly)
+	}
+	j.mu.Lock()
+	now := untilMS(j.now())
+	lagging := j.lag != nil
+	added := j.newOrigins(b.New)
+	v := j.view
+	v.mu.Lock()
+	v.replace(b.New, now)
+	v.mu.Unlock()
+	j.mergeOrigins(added)
+	return func() error {
+		defer j.mu.Unlock()
+		j.writeFull(now, added)
+		return j.afterWrite(now, lagging)
+	}, nil
+}
+
+func validate(b Batch) error {
+	for i, d := range b.New {
+		if err := validPrefix(d.Prefix); err != nil {
+			return fmt.Errorf("journal append: new decision %d: %w: %w", i, ErrInvalidDecision, err)
+		}
+	}
+	for i, k := range b.Deleted {
+		if err := validPrefix(k.Prefix); err != nil {
+			return fmt.Errorf("journal append: deleted key %d: %w: %w", i, ErrInvalidDecision, err)
+		}
+	}
+	return nil
+}
+
+// afterWrite ends an append under j.mu: a write that failed makes it
+// ErrNotDurable, one that succeeded may compact.
+func (j *Journal) afterWrite(now int64, lagging bool) error {
 	if j.lag != nil {
 		// A file found changed under us is moved aside and rewritten at
 		// once; other failures (disk full, read-only) wait for Persist.
@@ -271,25 +322,23 @@ func (j *Journal) appendDelta(b Batch, now int64, added map[string]int) {
 	}
 }
 
-func (j *Journal) appendFull(b Batch, now int64, added map[string]int) {
-	v := j.view
-	v.mu.Lock()
-	v.replace(b.New, now)
-	v.mu.Unlock()
-	if j.lag == nil {
-		v.mu.RLock()
-		data := v.encode(now)
-		v.mu.RUnlock()
-		if j.write(func(tx *bolt.Tx) error {
-			if err := writeSnapshot(tx, data); err != nil {
-				return err
-			}
-			return j.putOrigins(tx, added)
-		}) {
-			j.events = 0
-		}
+// writeFull writes the view, which holds a full batch, as the snapshot.
+func (j *Journal) writeFull(now int64, added map[string]int) {
+	if j.lag != nil {
+		return
 	}
-	j.mergeOrigins(added)
+	v := j.view
+	v.mu.RLock()
+	data := v.encode(now)
+	v.mu.RUnlock()
+	if j.write(func(tx *bolt.Tx) error {
+		if err := writeSnapshot(tx, data); err != nil {
+			return err
+		}
+		return j.putOrigins(tx, added)
+	}) {
+		j.events = 0
+	}
 }
 
 // writeSnapshot stores data as the snapshot and drops every event, keeping
@@ -358,6 +407,8 @@ func (j *Journal) putOrigins(tx *bolt.Tx, origins map[string]int) error {
 }
 
 func (j *Journal) mergeOrigins(added map[string]int) {
+	j.omu.Lock()
+	defer j.omu.Unlock()
 	for k, v := range added {
 		j.origins[k] = v
 		j.originSeq = max(j.originSeq, v+1)

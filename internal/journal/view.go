@@ -195,7 +195,9 @@ func (v *View) origin(val vval) uint32 { return v.strs.pairs.list[val.label].a }
 // expired anyway).
 func (v *View) replace(ds []Decision, now int64) {
 	if v.m.len() == 0 {
-		// Sizing the maps once avoids growing them table by table.
+		// Sizing the maps once avoids growing them table by table, and
+		// an empty view has nothing to keep or drop (a cold start: a
+		// third of the map lookups saved).
 		n6 := 0
 		for _, d := range ds {
 			if d.Prefix.Addr().Is6() {
@@ -203,19 +205,20 @@ func (v *View) replace(ds []Decision, now int64) {
 			}
 		}
 		v.m = newVmap(len(ds)-n6, n6)
-	}
-	v.m.markStale()
-	for _, d := range ds {
-		if untilMS(d.Until) > now {
-			k := v.internKey(d.Prefix, d.Scope, d.Type)
-			if cur, ok := v.m.get(k); ok && cur.stale {
-				v.m.set(k, cur)
+	} else {
+		v.m.markStale()
+		for _, d := range ds {
+			if untilMS(d.Until) > now {
+				k := v.internKey(d.Prefix, d.Scope, d.Type)
+				if cur, ok := v.m.get(k); ok && cur.stale {
+					v.m.set(k, cur)
+				}
 			}
 		}
-	}
-	for k, val := range v.m.all {
-		if val.stale {
-			v.m.del(k)
+		for k, val := range v.m.all {
+			if val.stale {
+				v.m.del(k)
+			}
 		}
 	}
 	// Every entry left has an unexpired decision in the batch, which

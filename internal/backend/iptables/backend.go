@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,7 +48,10 @@ type setTypeKey struct {
 	family uint8
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend        = (*Backend)(nil)
+	_ backend.StagedReplayer = (*Backend)(nil)
+)
 
 // New validates cfg and returns a backend. It does not touch the kernel:
 // sets, chains and rules appear on Ensure.
@@ -487,6 +491,13 @@ func (b *Backend) ourSets() map[string]backend.SetKey {
 // the same way. Entries beyond a set's maxelem are left out and reported
 // as ErrSetFull after the swap.
 func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
+	return b.ReplayWhen(ctx, active, func() error { return nil })
+}
+
+// ReplayWhen implements backend.StagedReplayer: each set is filled aside
+// and swapped in once ready returns. The largest set goes first, so that
+// its fill is what overlaps the caller's work.
+func (b *Backend) ReplayWhen(ctx context.Context, active []backend.Entry, ready func() error) error {
 	g := b.group(active, b.cfg.Now(), true)
 	if miss := b.missingOrigins(g); len(miss) > 0 {
 		b.addOrigins(miss)
@@ -494,12 +505,20 @@ func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
 			return fmt.Errorf("replay: %w", err)
 		}
 	}
+	sets := b.ourSets()
+	names := slices.SortedFunc(maps.Keys(sets), func(x, y string) int {
+		return cmp.Or(cmp.Compare(len(g.entries[y]), len(g.entries[x])), strings.Compare(x, y))
+	})
 	var errs []error
-	for name, k := range b.ourSets() {
+	for _, name := range names {
 		if _, ok := b.mismatch[name]; ok {
 			continue // its entries were refused by group
 		}
-		if err := b.replaySet(ctx, name, k.V6, g.entries[name]); err != nil {
+		err := b.replaySet(ctx, name, sets[name].V6, g.entries[name], ready)
+		if errors.Is(err, errNotReady) {
+			return err
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("replay %s: %w", name, err))
 		}
 	}
@@ -509,7 +528,17 @@ func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
 	return errors.Join(errs...)
 }
 
-func (b *Backend) replaySet(ctx context.Context, name string, v6 bool, entries []kEntry) error {
+// errNotReady wraps the error of ReplayWhen's ready: nothing more is
+// enforced after it.
+var errNotReady = errors.New("replay not enforced")
+
+func (b *Backend) replaySet(ctx context.Context, name string, v6 bool, entries []kEntry, ready func() error) error {
+	isReady := func() error {
+		if err := ready(); err != nil {
+			return fmt.Errorf("%w: %w", errNotReady, err)
+		}
+		return nil
+	}
 	s, err := b.socket()
 	if err != nil {
 		return err
@@ -542,12 +571,16 @@ func (b *Backend) replaySet(ctx context.Context, name string, v6 bool, entries [
 			return err
 		}
 		b.sets[name] = setInfo{typ: sp.typ, family: sp.family, revision: sp.revision, hashSize: sp.hashSize, maxElem: sp.maxElem, timeout: sp.timeout}
+		// A rule may match the set by name as soon as it exists.
+		if err := isReady(); err != nil {
+			return err
+		}
 		if err := s.adt(ctx, ipsetCmdAdd, name, entries, sp.typ == SetTypeNet, sp.timeout); err != nil {
 			return err
 		}
 		return full
 	}
-	if err := b.fillAndSwap(ctx, s, name, sp, entries); err != nil {
+	if err := b.fillAndSwap(ctx, s, name, sp, entries, isReady); err != nil {
 		return err
 	}
 	info.maxElem, info.hashSize = sp.maxElem, sp.hashSize

@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -513,4 +514,66 @@ func TestKernelReplayWhileListed(t *testing.T) {
 	}
 	close(stop)
 	t.Logf("%d concurrent listings", <-done)
+}
+
+// ReplayWhen fills every set aside and swaps nothing in before ready
+// returns; a failing ready leaves the old members in force, no temporary
+// set behind, and is returned. A set missing at replay time (ipset mode:
+// a rule may match it by name) is not filled before ready either.
+func TestKernelReplayWhen(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
+	if err := ensure(ctx, b, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.3/32", 1, time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	next := []backend.Entry{entry("198.51.100.0/24", 0, time.Hour), entry("192.0.2.2/32", 0, time.Hour), entry("203.0.113.7/32", 1, time.Hour)}
+	state := func() string {
+		return fmt.Sprint(keysOf(members(t, "crowdsec-blacklists-0")), keysOf(members(t, "crowdsec-blacklists-1")))
+	}
+	old := state()
+
+	failed := errors.New("journal not written")
+	if err := b.ReplayWhen(ctx, next, func() error { return failed }); !errors.Is(err, failed) {
+		t.Fatalf("ReplayWhen with a failing ready: %v, want its error", err)
+	}
+	if got := state(); got != old {
+		t.Fatalf("after a failed ready the sets hold %v, want the old %v", got, old)
+	}
+	if strings.Contains(sh(t, "ipset list -n"), "-t\n") {
+		t.Error("a temporary set was left behind")
+	}
+
+	// The largest set goes first: here one that must be recreated.
+	sh(t, "iptables -F CROWDSEC_CHAIN && ipset destroy crowdsec-blacklists-0")
+	calls := 0
+	if err := b.ReplayWhen(ctx, next, func() error {
+		// Only the first call is the barrier; later ones find it passed.
+		if calls++; calls > 1 {
+			return nil
+		}
+		if strings.Contains(sh(t, "ipset list -n"), "crowdsec-blacklists-0\n") {
+			if got := keysOf(members(t, "crowdsec-blacklists-0")); len(got) != 0 {
+				t.Errorf("before ready returned the recreated set held %v", got)
+			}
+		}
+		if got := keysOf(members(t, "crowdsec-blacklists-1")); !slices.Equal(got, []string{"192.0.2.3"}) {
+			t.Errorf("before ready returned origin 1 held %v, want the old [192.0.2.3]", got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if calls == 0 {
+		t.Fatal("ready was never called")
+	}
+	want := "[192.0.2.2 198.51.100.0/24] [203.0.113.7]"
+	if got := state(); got != want {
+		t.Fatalf("after ReplayWhen the sets hold %v, want %v", got, want)
+	}
 }

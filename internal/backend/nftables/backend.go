@@ -52,8 +52,9 @@ type Backend struct {
 }
 
 var (
-	_ backend.Backend     = (*Backend)(nil)
-	_ backend.QuietWriter = (*Backend)(nil)
+	_ backend.Backend        = (*Backend)(nil)
+	_ backend.QuietWriter    = (*Backend)(nil)
+	_ backend.StagedReplayer = (*Backend)(nil)
 )
 
 // quietAbove is the size of a write, in entries, from which it pauses the

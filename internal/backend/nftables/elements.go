@@ -403,6 +403,12 @@ func intervals(els []gnft.SetElement) []interval {
 // is flushed and refilled, so no packet sees a half-filled set. Expired
 // entries are skipped; refused ones are reported as for Apply.
 func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
+	return b.ReplayWhen(ctx, active, func() error { return nil })
+}
+
+// ReplayWhen implements backend.StagedReplayer: the transaction is encoded
+// first and committed once ready returns.
+func (b *Backend) ReplayWhen(ctx context.Context, active []backend.Entry, ready func() error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -417,6 +423,10 @@ func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
 			b.forgetMirrors()
 			return errors.Join(err, rejected(rej))
 		}
+	}
+	if err := ready(); err != nil {
+		b.forgetMirrors()
+		return err
 	}
 	resume := b.quiet(len(active))
 	err := tx.commit()

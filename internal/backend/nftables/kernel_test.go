@@ -552,3 +552,53 @@ X`)
 		t.Errorf("Ensure without the table: %v", err)
 	}
 }
+
+// ReplayWhen prepares without enforcing: when ready runs, the kernel
+// still holds the old members; after it, the new ones. A failing ready
+// leaves the old members in force and is returned.
+func TestKernelReplayWhen(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b := newKernel(t, kernelConfig())
+	old := []backend.Entry{entry("203.0.113.5/32", 0, time.Hour), entry("203.0.113.0/25", 0, time.Hour)}
+	if err := b.Apply(ctx, backend.Delta{Add: old}); err != nil {
+		t.Fatal(err)
+	}
+	const set, ranges = "crowdsec-blacklists-crowdsec", "crowdsec-blacklists-crowdsec-ranges"
+	oldSingles, oldRanges := keys(elements(t, "ip", "crowdsec", set)), keys(elements(t, "ip", "crowdsec", ranges))
+	next := []backend.Entry{entry("192.0.2.7/32", 0, time.Hour), entry("192.0.2.128/25", 0, time.Hour)}
+
+	failed := errors.New("journal not written")
+	err := b.ReplayWhen(ctx, next, func() error { return failed })
+	if !errors.Is(err, failed) {
+		t.Fatalf("ReplayWhen with a failing ready: %v, want its error", err)
+	}
+	if got := keys(elements(t, "ip", "crowdsec", set)); !slices.Equal(got, oldSingles) {
+		t.Fatalf("after a failed ready the set holds %q, want the old %q", got, oldSingles)
+	}
+
+	calls := 0
+	if err := b.ReplayWhen(ctx, next, func() error {
+		calls++
+		if got := keys(elements(t, "ip", "crowdsec", set)); !slices.Equal(got, oldSingles) {
+			t.Errorf("before ready returned the set held %q, want the old %q", got, oldSingles)
+		}
+		if got := keys(elements(t, "ip", "crowdsec", ranges)); !slices.Equal(got, oldRanges) {
+			t.Errorf("before ready returned the ranges held %q, want the old %q", got, oldRanges)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if calls == 0 {
+		t.Fatal("ready was never called")
+	}
+	if got := keys(elements(t, "ip", "crowdsec", set)); !slices.Equal(got, []string{"192.0.2.7"}) {
+		t.Errorf("after ReplayWhen the set holds %q", got)
+	}
+	if got := keys(elements(t, "ip", "crowdsec", ranges)); !slices.Equal(got, []string{"192.0.2.128/25"}) {
+		t.Errorf("after ReplayWhen the ranges hold %q", got)
+	}
+}
