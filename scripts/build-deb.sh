@@ -52,8 +52,8 @@ awk '
     print "api_key: \"\""; n++; next }
   /^on_shutdown: remove$/ {
     print "# Packaged: keep. systemctl restart and package upgrades then leave every"
-    print "# ban enforced throughout (the next start re-enforces the journal before"
-    print "# LAPI is contacted); removing the package removes them (prerm runs"
+    print "# ban enforced throughout (the next start re-enforces the journal without"
+    print "# waiting for LAPI); removing the package removes them (prerm runs"
     print "# cs-journal-bouncer cleanup)."
     print "on_shutdown: keep"; n++; next }
   { print }

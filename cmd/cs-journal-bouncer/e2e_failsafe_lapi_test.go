@@ -58,8 +58,8 @@ func TestE2ELoopbackBanNeverEnforced(t *testing.T) {
 	requirePasses(t, p, p.Banned4, within)
 	b.stop(t)
 
-	// A restart enforces the journal before LAPI is contacted: the
-	// loopback bans must not be in it.
+	// A restart enforces the journal before LAPI's first answer is
+	// applied: the loopback bans must not be in it.
 	l.CSCLI(t, "decisions", "add", "--ip", p.Banned4.String(), "-d", "4h")
 	b2 := startBouncer(t, cfg)
 	loopbackAnswers(t)

@@ -32,7 +32,7 @@ import (
 //     component built once at start (backend layout, LAPI client, journal,
 //     heal timings, logger), and rebuilding one while the enforcer owns the
 //     kernel is the kind of change that can lift bans; a restart is safe
-//     instead (the journal is enforced before LAPI is contacted).
+//     instead (the journal is enforced without waiting for LAPI).
 
 // hangup carries SIGHUPs, caught from process start so one that arrives
 // during boot is handled afterwards instead of killing the daemon.

@@ -496,6 +496,9 @@ func (e *Enforcer) applyFull(ctx context.Context, b journal.Batch, pulledAt time
 	if werr := w.wait(); werr != nil {
 		return fmt.Errorf("journal append of full set (%d decisions): %w", n, werr)
 	}
+	if journaled.IsZero() {
+		journaled = time.Now() // the backend had nothing to wait for it with
+	}
 	e.lastFullPull = pulledAt
 	if err != nil && ctx.Err() != nil {
 		return ctx.Err()

@@ -39,7 +39,7 @@ func ExampleJournal() {
 		panic(err)
 	}
 
-	// Next start: the view comes back from disk, before LAPI is contacted.
+	// Next start: the view comes back from disk, without LAPI.
 	j, err = journal.Open(opts)
 	if err != nil {
 		panic(err)

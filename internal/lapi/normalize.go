@@ -39,7 +39,7 @@ const (
 	ReasonTooLong = "field too long"
 	// ReasonProtected: the ban covers loopback or LAPI's own address, which
 	// would cut us off from LAPI for good (its delete could never arrive,
-	// and the journal would restore the ban before LAPI is contacted).
+	// and the journal would restore the ban at every start).
 	ReasonProtected      = "protected address"
 	simulationTypePrefix = "simulation:"
 )
