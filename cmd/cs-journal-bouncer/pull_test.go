@@ -287,6 +287,9 @@ func TestPullerRejectionsOnce(t *testing.T) {
 		r.advance(time.Second)
 		r.tick(t)
 	}
+	// tick returns once its pull has started; the next one starts only
+	// after it has finished, rejections noted.
+	r.tick(t)
 	stop()
 	if got := r.p.rejected.snapshot()["set_type"]; got != 2 {
 		t.Fatalf("counted %d, want 2 (once, then again after it left and came back)", got)

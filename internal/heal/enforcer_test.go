@@ -54,6 +54,13 @@ var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 func newRig(t *testing.T, cfg Config, seed ...journal.Batch) *rig {
 	t.Helper()
+	return newRigOn(t, cfg, nil, seed...)
+}
+
+// newRigOn is newRig with the enforcer's backend built around the fake by
+// wrap (nil: the fake itself); r.be stays the fake.
+func newRigOn(t *testing.T, cfg Config, wrap func(*fake.Backend) backend.Backend, seed ...journal.Batch) *rig {
+	t.Helper()
 	r := &rig{t: t, clk: &clock{t: t0}, ticks: make(chan time.Time), done: make(chan error, 1)}
 	path := filepath.Join(t.TempDir(), "journal.db")
 	j, err := journal.Open(journal.Options{Path: path, Now: r.clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -68,9 +75,13 @@ func newRig(t *testing.T, cfg Config, seed ...journal.Batch) *rig {
 	}
 	r.j = j
 	r.be = fake.New(r.clk.Now)
+	var be backend.Backend = r.be
+	if wrap != nil {
+		be = wrap(r.be)
+	}
 	r.enf = New(cfg, Deps{
 		Journal: j,
-		Backend: r.be,
+		Backend: be,
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Now:     r.clk.Now,
 		Sleep: func(_ context.Context, d time.Duration) error {
