@@ -148,28 +148,7 @@ func benchOpen(b *testing.B, n int) {
 
 func BenchmarkOpen1M(b *testing.B) { benchOpen(b, 1_000_000) }
 
-func BenchmarkAppend100k(b *testing.B) {
-	batch := batch100k()
-	j, err := Open(Options{Path: filepath.Join(b.TempDir(), "j.db"), Now: func() time.Time { return t0 }})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer j.Close()
-	var peak uint64
-	for b.Loop() {
-		b.StopTimer()
-		runtime.GC()
-		base := heapObjects()
-		h := startHeapPeak()
-		b.StartTimer()
-		if err := j.Append(batch); err != nil {
-			b.Fatal(err)
-		}
-		peak = max(peak, h.end()-base)
-	}
-	b.ReportMetric(float64(peak)/1e6, "peak-MB")
-	b.ReportMetric(float64(j.Stats().FileSize), "file-bytes")
-}
+func BenchmarkAppend100k(b *testing.B) { benchAppendFull(b, 100_000) }
 
 func BenchmarkEncode100k(b *testing.B) {
 	batch := batch100k()

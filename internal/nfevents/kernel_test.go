@@ -204,6 +204,25 @@ func eventuallySubscribed(t *testing.T, r *kernelRig) {
 	t.Fatal("monitor never reported an event")
 }
 
+// watchTableCS runs a monitor of table ip cs, created, until the test
+// ends. Before Run has subscribed, pausing it does and reports nothing.
+func watchTableCS(t *testing.T) (*kernelRig, *Monitor) {
+	t.Helper()
+	r := &kernelRig{t: t, ch: make(chan backend.Change, 16)}
+	m, err := New(backend.NFTObjects{Tables: []backend.NFTTable{{Family: familyIPv4, Name: "cs"}}, OwnWrite: r.kids.Own},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.PauseEvents()(0)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = m.Run(ctx, r.ch) }()
+	r.own("nft", "add", "table", "ip", "cs")
+	eventuallySubscribed(t, r)
+	return r, m
+}
+
 // A commit of 100k elements — our own replay at the scale the daemon is
 // sized for — fits the socket buffer: the kernel queues the whole commit's
 // events at once, and a lost event would cost a deep verify after every
@@ -212,17 +231,7 @@ func TestKernelBigCommitNoOverrun(t *testing.T) {
 	if !testenv.InFreshNetns(t) {
 		return
 	}
-	r := &kernelRig{t: t, ch: make(chan backend.Change, 16)}
-	m, err := New(backend.NFTObjects{Tables: []backend.NFTTable{{Family: familyIPv4, Name: "cs"}}, OwnWrite: r.kids.Own},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = m.Run(ctx, r.ch) }()
-	r.own("nft", "add", "table", "ip", "cs")
-	eventuallySubscribed(t, r)
+	r, _ := watchTableCS(t)
 	var b strings.Builder
 	b.WriteString("add set ip cs big { type ipv4_addr; flags timeout; }\nadd element ip cs big {\n")
 	for i := range 100_000 {
@@ -254,19 +263,7 @@ func TestKernelPause(t *testing.T) {
 	if !testenv.InFreshNetns(t) {
 		return
 	}
-	r := &kernelRig{t: t, ch: make(chan backend.Change, 16)}
-	m, err := New(backend.NFTObjects{Tables: []backend.NFTTable{{Family: familyIPv4, Name: "cs"}}, OwnWrite: r.kids.Own},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Before Run has subscribed there is nothing to pause or report.
-	m.PauseEvents()(0)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = m.Run(ctx, r.ch) }()
-	r.own("nft", "add", "table", "ip", "cs")
-	eventuallySubscribed(t, r)
+	r, m := watchTableCS(t)
 
 	cases := []struct {
 		name  string

@@ -221,20 +221,26 @@ func TestKernelApply(t *testing.T) {
 	sh(t, "ipset destroy plain")
 }
 
+// twoOrigins is an IPv4 backend in iptables mode with origins 0 and 1
+// ensured and seed applied.
+func twoOrigins(t *testing.T, seed ...backend.Entry) *Backend {
+	t.Helper()
+	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
+	if err := ensure(t.Context(), b, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Apply(t.Context(), backend.Delta{Add: seed}); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestKernelReplay(t *testing.T) {
 	if !testenv.InFreshNetns(t) {
 		return
 	}
 	ctx := t.Context()
-	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
-	if err := ensure(ctx, b, 0, 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{
-		entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 0, time.Hour), entry("192.0.2.3/32", 1, time.Hour),
-	}}); err != nil {
-		t.Fatal(err)
-	}
+	b := twoOrigins(t, entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 0, time.Hour), entry("192.0.2.3/32", 1, time.Hour))
 	tests := []struct {
 		name   string
 		damage string
@@ -525,13 +531,7 @@ func TestKernelReplayWhen(t *testing.T) {
 		return
 	}
 	ctx := t.Context()
-	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
-	if err := ensure(ctx, b, 0, 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.3/32", 1, time.Hour)}}); err != nil {
-		t.Fatal(err)
-	}
+	b := twoOrigins(t, entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.3/32", 1, time.Hour))
 	next := []backend.Entry{entry("198.51.100.0/24", 0, time.Hour), entry("192.0.2.2/32", 0, time.Hour), entry("203.0.113.7/32", 1, time.Hour)}
 	state := func() string {
 		return fmt.Sprint(keysOf(members(t, "crowdsec-blacklists-0")), keysOf(members(t, "crowdsec-blacklists-1")))
