@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,23 +51,7 @@ func serveStream(t *testing.T, n int) string {
 }
 
 // setMembers6 sums the member counts of our IPv6 sets.
-func setMembers6() int {
-	out, err := exec.Command("ipset", "list", "-t").CombinedOutput()
-	if err != nil {
-		return 0
-	}
-	total, name := 0, ""
-	for _, l := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(l, "Name: "); ok {
-			name = v
-		}
-		if v, ok := strings.CutPrefix(l, "Number of entries: "); ok && strings.HasPrefix(name, "crowdsec6-blacklists-") && !strings.HasSuffix(name, "-t") {
-			c, _ := strconv.Atoi(v)
-			total += c
-		}
-	}
-	return total
-}
+func setMembers6() int { return membersOf("crowdsec6-blacklists-") }
 
 // TestBenchStart1M: process start → 1M bans in the kernel with the default
 // configuration (ipset_size 131072: the set must grow), and peak RSS,

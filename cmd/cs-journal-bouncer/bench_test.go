@@ -202,17 +202,23 @@ func waitSetCount(t *testing.T, b *bouncer, n int) {
 
 func setMembers(t *testing.T) int {
 	t.Helper()
+	return membersOf("crowdsec-blacklists-")
+}
+
+// membersOf sums the member counts of our sets whose names start with
+// prefix, leaving out a replay's temporary sets (0 while the sets are
+// being swapped or not there yet).
+func membersOf(prefix string) int {
 	out, err := exec.Command("ipset", "list", "-t").CombinedOutput()
 	if err != nil {
-		return 0 // sets being swapped or not there yet
+		return 0
 	}
-	total := 0
-	name := ""
+	total, name := 0, ""
 	for _, l := range strings.Split(string(out), "\n") {
 		if v, ok := strings.CutPrefix(l, "Name: "); ok {
 			name = v
 		}
-		if v, ok := strings.CutPrefix(l, "Number of entries: "); ok && strings.HasPrefix(name, "crowdsec-blacklists-") && !strings.HasSuffix(name, "-t") {
+		if v, ok := strings.CutPrefix(l, "Number of entries: "); ok && strings.HasPrefix(name, prefix) && !strings.HasSuffix(name, "-t") {
 			c, _ := strconv.Atoi(v)
 			total += c
 		}
