@@ -12,10 +12,11 @@ import (
 
 // batch100k is a startup-sized set: 100k IPv4 bans from a few origins and
 // scenarios, with spread expiries, as LAPI sends them.
-func batch100k() Batch { return batchN(100_000) }
+func batch100k() Batch { return batchN(100_000, false) }
 
-// batchN is batch100k with n decisions (n < 2^24).
-func batchN(n int) Batch {
+// batchN is batch100k with n decisions (n < 2^24); v6 takes the addresses
+// from 2001:db8::/96 instead, as the daemon's 1M benchmark does.
+func batchN(n int, v6 bool) Batch {
 	b := Batch{Full: true, New: make([]Decision, 0, n)}
 	origins := []string{"crowdsec", "cscli", "lists", "CAPI"}
 	scenarios := make([]string, 50)
@@ -24,8 +25,11 @@ func batchN(n int) Batch {
 	}
 	for i := range n {
 		a := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)})
+		if v6 {
+			a = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 12: byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)})
+		}
 		b.New = append(b.New, Decision{
-			Prefix: netip.PrefixFrom(a, 32), Until: t0.Add(time.Duration(1+i%10000) * time.Second),
+			Prefix: netip.PrefixFrom(a, a.BitLen()), Until: t0.Add(time.Duration(1+i%10000) * time.Second),
 			Origin: origins[i%4], Scenario: scenarios[i%50], Type: "ban", Scope: ScopeIP,
 		})
 	}
@@ -73,8 +77,8 @@ func (h *heapPeak) end() uint64 {
 // benchAppendFull appends a full batch of n to a journal whose view
 // already holds the same n keys (a restart: Open, then LAPI's startup
 // pull), and reports the peak heap above what was live before.
-func benchAppendFull(b *testing.B, n int) {
-	batch := batchN(n)
+func benchAppendFull(b *testing.B, n int, v6 bool) {
+	batch := batchN(n, v6)
 	j, err := Open(Options{Path: filepath.Join(b.TempDir(), "j.db"), Now: func() time.Time { return t0 }})
 	if err != nil {
 		b.Fatal(err)
@@ -99,18 +103,19 @@ func benchAppendFull(b *testing.B, n int) {
 	b.ReportMetric(float64(j.Stats().FileSize), "file-bytes")
 }
 
-func BenchmarkAppendFull1M(b *testing.B) { benchAppendFull(b, 1_000_000) }
+func BenchmarkAppendFull1M(b *testing.B)  { benchAppendFull(b, 1_000_000, false) }
+func BenchmarkAppendFull1M6(b *testing.B) { benchAppendFull(b, 1_000_000, true) }
 
 // benchOpen opens a journal holding a snapshot of n decisions and reports
 // the peak heap during Open and the heap the opened journal keeps.
-func benchOpen(b *testing.B, n int) {
+func benchOpen(b *testing.B, n int, v6 bool) {
 	path := filepath.Join(b.TempDir(), "j.db")
 	opts := Options{Path: path, Now: func() time.Time { return t0 }}
 	j, err := Open(opts)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := j.Append(batchN(n)); err != nil {
+	if err := j.Append(batchN(n, v6)); err != nil {
 		b.Fatal(err)
 	}
 	if err := j.Close(); err != nil {
@@ -146,9 +151,10 @@ func benchOpen(b *testing.B, n int) {
 	b.ReportMetric(float64(peak)/1e6, "peak-MB")
 }
 
-func BenchmarkOpen1M(b *testing.B) { benchOpen(b, 1_000_000) }
+func BenchmarkOpen1M(b *testing.B)  { benchOpen(b, 1_000_000, false) }
+func BenchmarkOpen1M6(b *testing.B) { benchOpen(b, 1_000_000, true) }
 
-func BenchmarkAppend100k(b *testing.B) { benchAppendFull(b, 100_000) }
+func BenchmarkAppend100k(b *testing.B) { benchAppendFull(b, 100_000, false) }
 
 func BenchmarkEncode100k(b *testing.B) {
 	batch := batch100k()
@@ -162,4 +168,4 @@ func BenchmarkEncode100k(b *testing.B) {
 	}
 }
 
-func BenchmarkOpen100k(b *testing.B) { benchOpen(b, 100_000) }
+func BenchmarkOpen100k(b *testing.B) { benchOpen(b, 100_000, false) }
