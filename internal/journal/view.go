@@ -254,10 +254,10 @@ func (v *View) replace(ds []Decision, now int64) {
 
 // fill is replace into an empty view (a cold start): no old entry can be
 // a decision's prev, and a duplicate's since is the batch's either way, so
-// each decision is one map write, the last of a key winning as in replace.
-// Skipping replace's lookups halves the time a million decisions take.
+// the decisions are loaded in bulk and sorted once, the last of a key
+// winning as in replace.
 func (v *View) fill(ds []Decision, now int64) {
-	// Sized once for each family, rather than grown table by table.
+	// Sized once for each family: growing a base would copy it.
 	n6 := 0
 	for _, d := range ds {
 		if d.Prefix.Addr().Is6() {
@@ -270,12 +270,14 @@ func (v *View) fill(ds []Decision, now int64) {
 		r := recordOf(d, now)
 		k := v.internKey(r.prefix, r.scope, r.typ)
 		if r.until <= now {
-			v.m.del(k) // drops an earlier duplicate, as replace does
+			v.m.bulkDel(k) // drops an earlier duplicate, as replace does
 			continue
 		}
 		v.noteCombo(k)
-		v.put(k, r, v.strs.strs.intern(r.origin), vval{}, false, now)
+		v.m.bulkSet(k, vval{until: r.until, since: r.since, label: v.strs.pair(r.origin, r.scenario)})
+		v.minUntil = min(v.minUntil, r.until)
 	}
+	v.m.bulkEnd()
 }
 
 func (v *View) noteCombo(k vkey) {

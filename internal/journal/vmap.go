@@ -1,33 +1,99 @@
 package journal
 
-import "math/bits"
+import (
+	"cmp"
+	"slices"
+)
 
-// vmap holds a view's entries packed for the swiss map's layout. A slot is
-// key and value side by side, padded to their alignment, and a table of
-// 1024 slots is allocated whole: an IPv4 entry here is an 8-byte key and a
-// 20-byte value, both 4-byte aligned, so a slot is 28 bytes and a table
-// fits a 32 KiB size class. (An int64 anywhere would pad the slot to 32 and
-// the table to 40 KiB; the unpacked 56-byte slot needs 64 KiB.)
+// vmap holds a view's entries as fixed-size, pointer-free records in a
+// sorted slice per family, found by binary search: a record costs its
+// bytes and nothing more (an IPv4 one 28, an IPv6 one 40), where a swiss
+// map sized for a million entries holds two million slots, half empty.
 //
-// IPv4 keys (nearly all of a blocklist) go to narrow; IPv6 keys, and IPv4
-// keys of a (scope, type) pair index too large for narrow, to wide.
+// IPv4 keys (nearly all of a blocklist) go to v4, IPv6 keys to v6; keys
+// whose pair index is too large for meta go to rare, which no real view
+// reaches.
 type vmap struct {
-	narrow map[key4]slotVal
-	wide   map[vkey]slotVal
+	v4   table[key4]
+	v6   table[key6]
+	rare map[vkey]slotVal
 	// current is the label bit of entries set since the last markStale;
 	// the other entries are stale (see View.replace).
 	current uint32
-	// high is the most entries the maps have held or been sized for: a
-	// swiss map never shrinks, and fit compares what it holds with it.
-	high int
 }
 
-const staleBit = 1 << 31 // in slotVal.label; pair indices stay far below it
+const (
+	staleBit = 1 << 31 // in slotVal.label; pair indices stay far below it
+	// tomb is the label of a deleted record left in a table's base until
+	// the next merge: removing it would move every record after it.
+	tomb = staleBit - 1
+)
 
-// key4 is an IPv4 vkey: the address, and the pair index << 8 | bits.
+// key4 is an IPv4 vkey: the address, and meta (the pair index << 8 | bits).
 type key4 struct{ addr, meta uint32 }
 
-const maxNarrowCombo = 1<<24 - 1
+// key6 is an IPv6 vkey: the address in 4-byte words, most significant
+// first (8-byte words would pad the record from 40 to 48 bytes), and meta.
+type key6 struct {
+	addr [4]uint32
+	meta uint32
+}
+
+const maxMetaCombo = 1<<24 - 1
+
+// The order of keys is that of ord: the address, then meta.
+func (k key4) ord() uint64 { return uint64(k.addr)<<32 | uint64(k.meta) }
+
+func (a key4) cmp(b key4) int { return cmp.Compare(a.ord(), b.ord()) }
+
+func (a key6) less(b key6) bool {
+	for i := range a.addr {
+		if a.addr[i] != b.addr[i] {
+			return a.addr[i] < b.addr[i]
+		}
+	}
+	return a.meta < b.meta
+}
+
+func (a key6) cmp(b key6) int {
+	if a == b {
+		return 0
+	}
+	if a.less(b) {
+		return -1
+	}
+	return 1
+}
+
+// find is the binary search of k in base: its index, or where it would
+// go. It is written out for each key type because a lookup is mostly
+// comparisons, which a type parameter's method would not inline.
+func (k key4) find(base []entry[key4]) (int, bool) {
+	x := k.ord()
+	i, j := 0, len(base)
+	for i < j {
+		h := int(uint(i+j) >> 1)
+		if base[h].k.ord() < x {
+			i = h + 1
+		} else {
+			j = h
+		}
+	}
+	return i, i < len(base) && base[i].k == k
+}
+
+func (k key6) find(base []entry[key6]) (int, bool) {
+	i, j := 0, len(base)
+	for i < j {
+		h := int(uint(i+j) >> 1)
+		if base[h].k.less(k) {
+			i = h + 1
+		} else {
+			j = h
+		}
+	}
+	return i, i < len(base) && base[i].k == k
+}
 
 // slotVal is vval in 4-byte words.
 type slotVal struct {
@@ -49,99 +115,270 @@ func (m *vmap) unpack(s slotVal) vval {
 	}
 }
 
-// newVmap is a vmap sized for n4 IPv4 and n6 IPv6 entries. A map sized
-// for the wrong family costs its full size for nothing: a 1M IPv6
-// blocklist once had 56 MB of empty IPv4 slots.
+// newVmap is a vmap with room for n4 IPv4 and n6 IPv6 entries, so that
+// loading them in order (bulk or sorted) allocates each base once.
 func newVmap(n4, n6 int) vmap {
-	m := vmap{narrow: make(map[key4]slotVal, n4), high: n4 + n6}
-	if n6 > 0 {
-		m.wide = make(map[vkey]slotVal, n6)
+	return vmap{
+		v4: table[key4]{base: make([]entry[key4], 0, n4)},
+		v6: table[key6]{base: make([]entry[key6], 0, n6)},
 	}
-	return m
 }
 
 // markStale makes every entry stale until set again.
 func (m *vmap) markStale() { m.current ^= staleBit }
 
-// fit copies the entries into maps of their size when the maps have twice
-// the slots or more (the view was much larger before a full batch).
+// fit merges the overlays and drops the tombstones, and gives back the
+// memory of a view that was much larger before a full batch.
 func (m *vmap) fit() {
-	if slots(m.high) <= slots(m.len()) {
-		return
-	}
-	c := newVmap(len(m.narrow), len(m.wide))
-	c.current = m.current
-	for k, s := range m.narrow {
-		c.narrow[k] = s
-	}
-	for k, s := range m.wide {
-		c.wide[k] = s
-	}
-	c.high = c.len()
-	*m = c
+	m.v4.fit()
+	m.v6.fit()
 }
 
-// slots approximates the slots of a swiss map that held n entries: its
-// tables double as they fill, and keep the load under 7/8.
-func slots(n int) int { return 1 << bits.Len(uint(n*8/7)) }
-
-func narrowKey(k vkey) (key4, bool) {
-	if k.v6 || k.combo > maxNarrowCombo {
+// split4 and split6 sort k into its table: ok is false for the other
+// family's keys and for rare ones.
+func split4(k vkey) (key4, bool) {
+	if k.v6 || k.combo > maxMetaCombo {
 		return key4{}, false
 	}
 	return key4{addr: uint32(k.lo), meta: k.combo<<8 | uint32(k.bits)}, true
+}
+
+func split6(k vkey) (key6, bool) {
+	if !k.v6 || k.combo > maxMetaCombo {
+		return key6{}, false
+	}
+	a := [4]uint32{uint32(k.hi >> 32), uint32(k.hi), uint32(k.lo >> 32), uint32(k.lo)}
+	return key6{addr: a, meta: k.combo<<8 | uint32(k.bits)}, true
 }
 
 func (k key4) vkey() vkey {
 	return vkey{lo: 0xffff<<32 | uint64(k.addr), bits: uint8(k.meta), combo: k.meta >> 8}
 }
 
+func (k key6) vkey() vkey {
+	return vkey{
+		hi: uint64(k.addr[0])<<32 | uint64(k.addr[1]), lo: uint64(k.addr[2])<<32 | uint64(k.addr[3]),
+		bits: uint8(k.meta), v6: true, combo: k.meta >> 8,
+	}
+}
+
 func (m *vmap) get(k vkey) (vval, bool) {
 	var s slotVal
 	var ok bool
-	if nk, narrow := narrowKey(k); narrow {
-		s, ok = m.narrow[nk]
+	if k4, is := split4(k); is {
+		s, ok = m.v4.get(k4)
+	} else if k6, is := split6(k); is {
+		s, ok = m.v6.get(k6)
 	} else {
-		s, ok = m.wide[k]
+		s, ok = m.rare[k]
 	}
 	return m.unpack(s), ok
 }
 
 func (m *vmap) set(k vkey, v vval) {
-	if nk, narrow := narrowKey(k); narrow {
-		if m.narrow == nil {
-			m.narrow = make(map[key4]slotVal)
-		}
-		m.narrow[nk] = m.pack(v)
+	if k4, is := split4(k); is {
+		m.v4.set(k4, m.pack(v))
+	} else if k6, is := split6(k); is {
+		m.v6.set(k6, m.pack(v))
 	} else {
-		if m.wide == nil {
-			m.wide = make(map[vkey]slotVal)
+		if m.rare == nil {
+			m.rare = make(map[vkey]slotVal)
 		}
-		m.wide[k] = m.pack(v)
+		m.rare[k] = m.pack(v)
 	}
-	m.high = max(m.high, m.len())
 }
 
 func (m *vmap) del(k vkey) {
-	if nk, narrow := narrowKey(k); narrow {
-		delete(m.narrow, nk)
+	if k4, is := split4(k); is {
+		m.v4.del(k4)
+	} else if k6, is := split6(k); is {
+		m.v6.del(k6)
 	} else {
-		delete(m.wide, k)
+		delete(m.rare, k)
 	}
 }
 
-func (m *vmap) len() int { return len(m.narrow) + len(m.wide) }
+// bulkSet and bulkDel load an empty vmap in bulk: they append without
+// looking anything up, and bulkEnd sorts once. The last of a key wins, and
+// bulkDel deletes what came before it, as set and del would have.
+func (m *vmap) bulkSet(k vkey, v vval) { m.bulk(k, m.pack(v)) }
+func (m *vmap) bulkDel(k vkey)         { m.bulk(k, slotVal{label: tomb}) }
 
-// all yields every entry; yield may delete the entry it is given.
-func (m *vmap) all(yield func(vkey, vval) bool) {
-	for k, s := range m.narrow {
-		if !yield(k.vkey(), m.unpack(s)) {
-			return
+func (m *vmap) bulk(k vkey, s slotVal) {
+	if k4, is := split4(k); is {
+		m.v4.base = append(m.v4.base, entry[key4]{k4, s})
+	} else if k6, is := split6(k); is {
+		m.v6.base = append(m.v6.base, entry[key6]{k6, s})
+	} else if s.label == tomb {
+		delete(m.rare, k)
+	} else {
+		if m.rare == nil {
+			m.rare = make(map[vkey]slotVal)
 		}
+		m.rare[k] = s
 	}
-	for k, s := range m.wide {
+}
+
+func (m *vmap) bulkEnd() {
+	m.v4.bulkEnd()
+	m.v6.bulkEnd()
+}
+
+func (m *vmap) len() int { return m.v4.len() + m.v6.len() + len(m.rare) }
+
+// all yields every entry; yield may delete the entry it is given, and
+// nothing else.
+func (m *vmap) all(yield func(vkey, vval) bool) {
+	if !m.v4.all(func(k key4, s slotVal) bool { return yield(k.vkey(), m.unpack(s)) }) ||
+		!m.v6.all(func(k key6, s slotVal) bool { return yield(k.vkey(), m.unpack(s)) }) {
+		return
+	}
+	for k, s := range m.rare {
 		if !yield(k, m.unpack(s)) {
 			return
 		}
 	}
+}
+
+// table is one family's entries: a base sorted by key, updated and deleted
+// in place, and an overlay map for the keys new to it. The overlay is
+// merged into the base when it reaches a sixteenth of it, so an insert
+// costs a lookup and a share of the merges: about sixteen record moves.
+type table[K interface {
+	comparable
+	cmp(K) int
+	find([]entry[K]) (int, bool)
+}] struct {
+	base []entry[K]    // sorted by key, with tombstones
+	dead int           // tombstones in base
+	over map[K]slotVal // keys not in base
+}
+
+type entry[K any] struct {
+	k K
+	s slotVal
+}
+
+// minOverlay keeps a small base from merging at every other insert.
+const minOverlay = 1024
+
+func (t *table[K]) find(k K) (int, bool) { return k.find(t.base) }
+
+func (t *table[K]) len() int { return len(t.base) - t.dead + len(t.over) }
+
+// get: a key in the base, even as a tombstone, is never in the overlay.
+func (t *table[K]) get(k K) (slotVal, bool) {
+	if i, ok := t.find(k); ok {
+		s := t.base[i].s
+		return s, s.label != tomb
+	}
+	s, ok := t.over[k]
+	return s, ok
+}
+
+func (t *table[K]) set(k K, s slotVal) {
+	i, ok := t.find(k)
+	switch {
+	case ok:
+		if t.base[i].s.label == tomb {
+			t.dead--
+		}
+		t.base[i].s = s
+	case i == len(t.base) && len(t.over) == 0:
+		// Past the last key, as when loading a snapshot written in
+		// order: the base can take it as it is.
+		t.base = append(t.base, entry[K]{k, s})
+	default:
+		if t.over == nil {
+			t.over = make(map[K]slotVal)
+		}
+		t.over[k] = s
+		if len(t.over) >= max(minOverlay, len(t.base)/16) {
+			t.merge()
+		}
+	}
+}
+
+func (t *table[K]) del(k K) {
+	if i, ok := t.find(k); ok {
+		if t.base[i].s.label != tomb {
+			t.base[i].s.label = tomb
+			t.dead++
+		}
+		return
+	}
+	delete(t.over, k)
+}
+
+func (t *table[K]) all(yield func(K, slotVal) bool) bool {
+	for _, e := range t.base {
+		if e.s.label != tomb && !yield(e.k, e.s) {
+			return false
+		}
+	}
+	for k, s := range t.over {
+		if !yield(k, s) {
+			return false
+		}
+	}
+	return true
+}
+
+func cmpEntry[K interface{ cmp(K) int }](a, b entry[K]) int { return a.k.cmp(b.k) }
+
+// merge moves the overlay into the base and drops the tombstones, in
+// place when the base has the room: from the end down, so that no record
+// is overwritten before it is moved.
+func (t *table[K]) merge() {
+	ov := make([]entry[K], 0, len(t.over))
+	for k, s := range t.over {
+		ov = append(ov, entry[K]{k, s})
+	}
+	slices.SortFunc(ov, cmpEntry)
+	t.over = nil // a map never shrinks: the next overlay starts small
+	t.compact()
+	n := len(t.base)
+	t.base = slices.Grow(t.base, len(ov))[:n+len(ov)]
+	for i, j, w := n-1, len(ov)-1, len(t.base)-1; j >= 0; w-- {
+		if i >= 0 && t.base[i].k.cmp(ov[j].k) > 0 {
+			t.base[w] = t.base[i]
+			i--
+		} else {
+			t.base[w] = ov[j]
+			j--
+		}
+	}
+}
+
+// compact drops the tombstones.
+func (t *table[K]) compact() {
+	if t.dead > 0 {
+		t.base = slices.DeleteFunc(t.base, func(e entry[K]) bool { return e.s.label == tomb })
+		t.dead = 0
+	}
+}
+
+// fit merges, and copies the base to an array of its size when it holds
+// less than half of its capacity.
+func (t *table[K]) fit() {
+	if len(t.over) > 0 {
+		t.merge()
+	}
+	t.compact()
+	if len(t.base) < cap(t.base)/2 {
+		t.base = append([]entry[K](nil), t.base...)
+	}
+}
+
+// bulkEnd sorts what bulk appended to the base, keeping for each key the
+// last record (a stable sort keeps them in order) unless it is a delete.
+func (t *table[K]) bulkEnd() {
+	slices.SortStableFunc(t.base, cmpEntry)
+	out := t.base[:0]
+	for i, e := range t.base {
+		if (i+1 == len(t.base) || t.base[i+1].k != e.k) && e.s.label != tomb {
+			out = append(out, e)
+		}
+	}
+	t.base = out
 }

@@ -13,7 +13,7 @@ func TestVmapPacking(t *testing.T) {
 		}
 	}
 	for _, p := range []string{"0.0.0.0/0", "10.0.0.0/8", "255.255.255.255/32", "::/0", "2001:db8::/48", "::ffff:192.0.2.1/128"} {
-		for _, combo := range []uint32{0, 7, maxNarrowCombo, maxNarrowCombo + 1, math.MaxUint32} {
+		for _, combo := range []uint32{0, 7, maxMetaCombo, maxMetaCombo + 1, math.MaxUint32} {
 			hi, lo, bits, v6 := packAddr(netip.MustParsePrefix(p))
 			k := vkey{hi: hi, lo: lo, bits: bits, v6: v6, combo: combo}
 			var m vmap
