@@ -202,9 +202,7 @@ func (v *View) replace(ds []Decision, now int64) {
 	for _, d := range ds {
 		if untilMS(d.Until) > now {
 			k := v.internKey(d.Prefix, d.Scope, d.Type)
-			if cur, ok := v.m.get(k); ok && cur.stale {
-				v.m.set(k, cur)
-			}
+			v.m.keep(k)
 		}
 	}
 	for k, val := range v.m.all {
@@ -274,10 +272,10 @@ func (v *View) fill(ds []Decision, now int64) {
 			continue
 		}
 		v.noteCombo(k)
-		v.m.bulkSet(k, vval{until: r.until, since: r.since, label: v.strs.pair(r.origin, r.scenario)})
+		v.m.bulkSet(k, r.until, v.strs.pair(r.origin, r.scenario))
 		v.minUntil = min(v.minUntil, r.until)
 	}
-	v.m.bulkEnd()
+	v.m.bulkEnd(now)
 }
 
 func (v *View) noteCombo(k vkey) {

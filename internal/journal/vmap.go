@@ -198,16 +198,24 @@ func (m *vmap) del(k vkey) {
 	}
 }
 
-// bulkSet and bulkDel load an empty vmap in bulk: they append without
-// looking anything up, and bulkEnd sorts once. The last of a key wins, and
-// bulkDel deletes what came before it, as set and del would have.
-func (m *vmap) bulkSet(k vkey, v vval) { m.bulk(k, m.pack(v)) }
-func (m *vmap) bulkDel(k vkey)         { m.bulk(k, slotVal{label: tomb}) }
+// bulkSet and bulkDel load an empty vmap with one full batch: they append
+// without looking anything up, and bulkEnd sorts once. The last of a key
+// wins, and bulkDel deletes what came before it, as set and del would
+// have. Every entry gets since at bulkEnd: until then the field holds the
+// entry's position, which makes the order of equal keys that of the batch
+// without a stable sort (several times slower).
+func (m *vmap) bulkSet(k vkey, until int64, label uint32) {
+	m.bulk(k, slotVal{until: split(until), label: label | m.current})
+}
+
+func (m *vmap) bulkDel(k vkey) { m.bulk(k, slotVal{label: tomb}) }
 
 func (m *vmap) bulk(k vkey, s slotVal) {
 	if k4, is := split4(k); is {
+		s.since = split(int64(len(m.v4.base)))
 		m.v4.base = append(m.v4.base, entry[key4]{k4, s})
 	} else if k6, is := split6(k); is {
+		s.since = split(int64(len(m.v6.base)))
 		m.v6.base = append(m.v6.base, entry[key6]{k6, s})
 	} else if s.label == tomb {
 		delete(m.rare, k)
@@ -219,9 +227,26 @@ func (m *vmap) bulk(k vkey, s slotVal) {
 	}
 }
 
-func (m *vmap) bulkEnd() {
-	m.v4.bulkEnd()
-	m.v6.bulkEnd()
+func (m *vmap) bulkEnd(since int64) {
+	m.v4.bulkEnd(since)
+	m.v6.bulkEnd(since)
+	for k, s := range m.rare {
+		s.since = split(since)
+		m.rare[k] = s
+	}
+}
+
+// keep makes k's entry, if any, current: set without the value, which
+// would cost a second lookup.
+func (m *vmap) keep(k vkey) {
+	if k4, is := split4(k); is {
+		m.v4.keep(k4, m.current)
+	} else if k6, is := split6(k); is {
+		m.v6.keep(k6, m.current)
+	} else if s, ok := m.rare[k]; ok {
+		s.label = s.label&^staleBit | m.current
+		m.rare[k] = s
+	}
 }
 
 func (m *vmap) len() int { return m.v4.len() + m.v6.len() + len(m.rare) }
@@ -370,13 +395,27 @@ func (t *table[K]) fit() {
 	}
 }
 
-// bulkEnd sorts what bulk appended to the base, keeping for each key the
-// last record (a stable sort keeps them in order) unless it is a delete.
-func (t *table[K]) bulkEnd() {
-	slices.SortStableFunc(t.base, cmpEntry)
+func (t *table[K]) keep(k K, current uint32) {
+	if i, ok := t.find(k); ok {
+		if s := &t.base[i].s; s.label != tomb {
+			s.label = s.label&^staleBit | current
+		}
+	} else if s, ok := t.over[k]; ok {
+		s.label = s.label&^staleBit | current
+		t.over[k] = s
+	}
+}
+
+// bulkEnd sorts what bulk appended to the base by key and position, and
+// keeps the last record of each key unless it is a delete.
+func (t *table[K]) bulkEnd(since int64) {
+	slices.SortFunc(t.base, func(a, b entry[K]) int {
+		return cmp.Or(a.k.cmp(b.k), cmp.Compare(join(a.s.since), join(b.s.since)))
+	})
 	out := t.base[:0]
 	for i, e := range t.base {
 		if (i+1 == len(t.base) || t.base[i+1].k != e.k) && e.s.label != tomb {
+			e.s.since = split(since)
 			out = append(out, e)
 		}
 	}

@@ -42,8 +42,13 @@ func tk(p string, combo uint32) vkey {
 	return vkey{hi: hi, lo: lo, bits: bits, v6: v6, combo: combo}
 }
 
-// tv is a value told apart by n, never the zero vval.
-func tv(n int64) vval { return vval{until: 1e12 + n, since: -n, label: uint32(n % 1000)} }
+// tv is a value told apart by n, never the zero vval. Its since is the
+// same for all, as in a bulk load.
+func tv(n int64) vval { return vval{until: 1e12 + n, since: tvSince, label: uint32(n % 1000)} }
+
+const tvSince = 1740830400000
+
+func bulkSet(m *vmap, k vkey, v vval) { m.bulkSet(k, v.until, v.label) }
 
 // manyKeys is n distinct keys of family v6, in ascending order.
 func manyKeys(n int, v6 bool) []vkey {
@@ -170,33 +175,33 @@ func TestVmapOps(t *testing.T) {
 		}(), []vkey{ks6[0], ks6[2997]}},
 		{"bulk: the last of a key wins", func(m *vmap) {
 			*m = newVmap(3, 2)
-			m.bulkSet(b4, tv(1))
-			m.bulkSet(a6, tv(2))
-			m.bulkSet(a4, tv(3))
-			m.bulkSet(b4, tv(4))
-			m.bulkSet(a6, tv(5))
-			m.bulkEnd()
+			bulkSet(m, b4, tv(1))
+			bulkSet(m, a6, tv(2))
+			bulkSet(m, a4, tv(3))
+			bulkSet(m, b4, tv(4))
+			bulkSet(m, a6, tv(5))
+			m.bulkEnd(tvSince)
 		}, map[vkey]vval{a4: tv(3), b4: tv(4), a6: tv(5)}, nil},
 		{"bulk: a delete drops what came before, not after", func(m *vmap) {
 			*m = newVmap(0, 0)
-			m.bulkSet(a4, tv(1))
-			m.bulkSet(rare, tv(1))
+			bulkSet(m, a4, tv(1))
+			bulkSet(m, rare, tv(1))
 			m.bulkDel(a4)
 			m.bulkDel(rare)
 			m.bulkDel(c4)
-			m.bulkSet(b4, tv(2))
+			bulkSet(m, b4, tv(2))
 			m.bulkDel(b4)
-			m.bulkSet(b4, tv(3))
+			bulkSet(m, b4, tv(3))
 			m.bulkDel(a6)
-			m.bulkSet(a6, tv(4))
-			m.bulkEnd()
+			bulkSet(m, a6, tv(4))
+			m.bulkEnd(tvSince)
 		}, map[vkey]vval{b4: tv(3), a6: tv(4)}, []vkey{a4, c4, rare}},
 		{"bulk, then sets and deletes", func(m *vmap) {
 			*m = newVmap(len(ks4), 0)
 			for i := len(ks4) - 1; i >= 0; i -= 2 {
-				m.bulkSet(ks4[i], tv(int64(i)))
+				bulkSet(m, ks4[i], tv(int64(i)))
 			}
-			m.bulkEnd()
+			m.bulkEnd(tvSince)
 			for i := range ks4 {
 				if i%2 == 0 {
 					m.set(ks4[i], tv(int64(i)))
@@ -318,7 +323,7 @@ func TestVmapModel(t *testing.T) {
 	model := make(map[vkey]mval)
 	parity := false
 	val := func() vval {
-		return vval{until: rng.Int64() - rng.Int64(), since: rng.Int64N(3) - 1, label: rng.Uint32N(100)}
+		return vval{until: rng.Int64() - rng.Int64(), since: rng.Int64() - rng.Int64(), label: rng.Uint32N(100)}
 	}
 	want := func(e mval) vval { e.v.stale = e.parity != parity; return e.v }
 	for op := range 60_000 {
@@ -363,6 +368,7 @@ func TestVmapModel(t *testing.T) {
 			// A bulk load of random sets and deletes, the last of a key
 			// winning; all entries are then current.
 			m, model = newVmap(rng.IntN(100), rng.IntN(100)), make(map[vkey]mval)
+			since := rng.Int64() - rng.Int64()
 			for range rng.IntN(3000) {
 				k := keys[rng.IntN(len(keys))]
 				if rng.IntN(4) == 0 {
@@ -370,11 +376,12 @@ func TestVmapModel(t *testing.T) {
 					delete(model, k)
 				} else {
 					v := val()
-					m.bulkSet(k, v)
+					bulkSet(&m, k, v)
+					v.since = since
 					model[k] = mval{v, parity}
 				}
 			}
-			m.bulkEnd()
+			m.bulkEnd(since)
 		}
 		if m.len() != len(model) {
 			t.Fatalf("op %d: len = %d, want %d", op, m.len(), len(model))
