@@ -306,9 +306,10 @@ func TestVmapAllDelete(t *testing.T) {
 	}
 }
 
-// TestVmapModel runs random operations on a vmap and on a plain map that
-// does the same, and compares them after each. The keys are few, so that
-// operations hit each other, and many, so that overlays merge.
+// TestVmapModel runs random operations (set, del, get, keep, markStale,
+// all, fit, a bulk load) on a vmap and on a plain map that does the same,
+// and compares them after each. The keys are few, so that operations hit
+// each other, and many, so that overlays merge.
 func TestVmapModel(t *testing.T) {
 	type mval struct {
 		v      vval
@@ -326,8 +327,14 @@ func TestVmapModel(t *testing.T) {
 		return vval{until: rng.Int64() - rng.Int64(), since: rng.Int64() - rng.Int64(), label: rng.Uint32N(100)}
 	}
 	want := func(e mval) vval { e.v.stale = e.parity != parity; return e.v }
+	key := func() vkey {
+		if rng.IntN(10) == 0 { // the rare ones are few
+			return keys[len(keys)-40+rng.IntN(40)]
+		}
+		return keys[rng.IntN(len(keys))]
+	}
 	for op := range 60_000 {
-		k := keys[rng.IntN(len(keys))]
+		k := key()
 		switch r := rng.IntN(1000); {
 		case r < 450:
 			v := val()
@@ -336,15 +343,24 @@ func TestVmapModel(t *testing.T) {
 		case r < 700:
 			m.del(k)
 			delete(model, k)
-		case r < 990:
+		case r < 985:
 			got, ok := m.get(k)
 			e, wok := model[k]
 			if ok != wok || ok && got != want(e) {
 				t.Fatalf("op %d: get(%v) = %+v, %t; want %+v, %t", op, k.prefix(), got, ok, want(e), wok)
 			}
-		case r < 993:
+		case r < 988:
 			m.markStale()
 			parity = !parity
+		case r < 993:
+			// keep a run of keys, as replace does after markStale.
+			for range 300 {
+				k := key()
+				m.keep(k)
+				if e, ok := model[k]; ok {
+					model[k] = mval{e.v, parity}
+				}
+			}
 		case r < 996:
 			// Delete some of what all yields, as Expire does, and stop
 			// early now and then.
@@ -370,7 +386,7 @@ func TestVmapModel(t *testing.T) {
 			m, model = newVmap(rng.IntN(100), rng.IntN(100)), make(map[vkey]mval)
 			since := rng.Int64() - rng.Int64()
 			for range rng.IntN(3000) {
-				k := keys[rng.IntN(len(keys))]
+				k := key()
 				if rng.IntN(4) == 0 {
 					m.bulkDel(k)
 					delete(model, k)
