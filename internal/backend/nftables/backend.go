@@ -49,6 +49,9 @@ type Backend struct {
 	mirrors map[string]*mirror
 	// pauser, when a change monitor runs, is paused around large writes.
 	pauser backend.EventPauser
+	// addSetsTimeout: the kernel gives a present element the timeout of a
+	// new add, so a refresh is one add rather than "add, delete, add".
+	addSetsTimeout bool
 }
 
 var (
@@ -115,6 +118,9 @@ func New(cfg Config) (*Backend, error) {
 		conn:    conn,
 		origins: backend.Origins{},
 		mirrors: map[string]*mirror{},
+		// Linux 6.10 added element timeout updates to nf_tables; before,
+		// an add of a present element leaves its timeout as it was.
+		addSetsTimeout: kernelAtLeast(6, 10),
 	}
 	if c.IPv4.Enabled {
 		b.fams = append(b.fams, &family{cfg: c.IPv4, keyType: gnft.TypeIPAddr, tfam: gnft.TableFamilyIPv4})
@@ -128,6 +134,24 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 	return b, nil
+}
+
+// kernelAtLeast reports whether the running kernel's release is at least
+// major.minor; false when it cannot tell.
+func kernelAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	return releaseAtLeast(unix.ByteSliceToString(u.Release[:]), major, minor)
+}
+
+func releaseAtLeast(release string, major, minor int) bool {
+	var ma, mi int
+	if _, err := fmt.Sscanf(release, "%d.%d", &ma, &mi); err != nil {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
 }
 
 // newConn returns a connection that dials a fresh netlink socket per

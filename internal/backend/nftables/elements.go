@@ -129,15 +129,21 @@ func (w *writer) flush() {
 	w.buf = w.buf[:0]
 }
 
-// queueAdd queues "add, delete, add" of ps: whether or not an element is
-// present, it ends present with the new timeout, and neither step fails
-// (an add of a present element is a no-op before kernel 6.10, a delete of
-// an absent one an error). Each step is its own run of messages.
+// queueAdd queues the adds of items so that whether or not an element is
+// present, it ends present with the new timeout: one add where the kernel
+// updates a present element's timeout (6.10 on), else "add, delete, add"
+// (an add of a present element is a no-op, a delete of an absent one an
+// error, so neither step fails). Each step is its own run of messages.
 func (b *Backend) queueAdd(set *gnft.Set, items []item) error {
-	for _, step := range []struct {
+	type step struct {
 		op func(*gnft.Set, []gnft.SetElement) error
 		to bool
-	}{{b.conn.SetAddElements, true}, {b.conn.SetDeleteElements, false}, {b.conn.SetAddElements, true}} {
+	}
+	steps := []step{{b.conn.SetAddElements, true}, {b.conn.SetDeleteElements, false}, {b.conn.SetAddElements, true}}
+	if b.addSetsTimeout {
+		steps = steps[:1]
+	}
+	for _, step := range steps {
 		w := &writer{set: set, op: step.op}
 		for _, it := range items {
 			to := it.to

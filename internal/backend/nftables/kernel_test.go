@@ -602,3 +602,46 @@ func TestKernelReplayWhen(t *testing.T) {
 		t.Errorf("after ReplayWhen the ranges hold %q", got)
 	}
 }
+
+// TestKernelReAddSetsTimeout: an Apply that adds a present element gives
+// it the new timeout, longer or shorter, and never a second element —
+// whichever way the running kernel is written to (one add from 6.10 on,
+// "add, delete, add" before).
+func TestKernelReAddSetsTimeout(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	for _, oneAdd := range []bool{false, true} {
+		if oneAdd && !kernelAtLeast(6, 10) {
+			continue // the kernel would keep the first timeout
+		}
+		t.Run(fmt.Sprintf("one add %v", oneAdd), func(t *testing.T) {
+			sh(t, "nft flush ruleset")
+			b := newKernel(t, kernelConfig())
+			b.addSetsTimeout = oneAdd
+			reAdds(t, b)
+		})
+	}
+}
+
+func reAdds(t *testing.T, b *Backend) {
+	ctx := t.Context()
+	for _, tc := range []struct {
+		ttl  time.Duration
+		what string
+	}{{time.Hour, "first add"}, {10 * time.Hour, "longer"}, {2 * time.Hour, "shorter"}, {2 * time.Hour, "same"}} {
+		if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{entry("192.0.2.50/32", 0, tc.ttl), entry("2001:db8::50/128", 0, tc.ttl)}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []struct{ fam, table, set, key string }{
+			{"ip", "crowdsec", "crowdsec-blacklists-crowdsec", "192.0.2.50"},
+			{"ip6", "crowdsec6", "crowdsec6-blacklists-crowdsec", "2001:db8::50"},
+		} {
+			els := elements(t, s.fam, s.table, s.set)
+			want := int(tc.ttl / time.Second)
+			if got, ok := els[s.key]; len(els) != 1 || !ok || got < want-60 || got > want {
+				t.Errorf("%s: %s holds %v, want only %s expiring in ~%ds", tc.what, s.set, els, s.key, want)
+			}
+		}
+	}
+}

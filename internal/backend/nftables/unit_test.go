@@ -103,3 +103,17 @@ func TestNewValidates(t *testing.T) {
 		t.Errorf("SetName = %q", got)
 	}
 }
+
+func TestReleaseAtLeast(t *testing.T) {
+	for _, tc := range []struct {
+		release string
+		want    bool
+	}{
+		{"6.18.44-cloud-amd64", true}, {"6.10.0", true}, {"6.9.12", false}, {"6.1.0-28-amd64", false},
+		{"7.0", true}, {"5.19.1", false}, {"", false}, {"garbage", false},
+	} {
+		if got := releaseAtLeast(tc.release, 6, 10); got != tc.want {
+			t.Errorf("releaseAtLeast(%q, 6, 10) = %v, want %v", tc.release, got, tc.want)
+		}
+	}
+}
