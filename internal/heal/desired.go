@@ -1,9 +1,9 @@
 package heal
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
@@ -253,13 +253,13 @@ func (c expectedCounts) want(now time.Time, slack time.Duration) map[backend.Set
 }
 
 func sortEntries(es []backend.Entry) {
-	sort.Slice(es, func(i, j int) bool {
-		if c := es[i].Prefix.Addr().Compare(es[j].Prefix.Addr()); c != 0 {
-			return c < 0
+	slices.SortFunc(es, func(a, b backend.Entry) int {
+		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+			return c
 		}
-		if es[i].Prefix.Bits() != es[j].Prefix.Bits() {
-			return es[i].Prefix.Bits() < es[j].Prefix.Bits()
+		if c := cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()); c != 0 {
+			return c
 		}
-		return es[i].Origin < es[j].Origin
+		return cmp.Compare(a.Origin, b.Origin)
 	})
 }
