@@ -110,6 +110,13 @@ func (r *pullRig) start(t *testing.T) (stop func()) {
 	var once sync.Once
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
+	// tick counts pulls before it sends: the boot pull must be counted
+	// already, or tick would take it for the tick's.
+	for deadline := time.Now().Add(10 * time.Second); len(r.src.pulls()) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no boot pull")
+		}
+	}
 	return stop
 }
 
