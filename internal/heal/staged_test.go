@@ -34,6 +34,17 @@ func (s *stagedFake) ReplayWhen(ctx context.Context, active []backend.Entry, rea
 	return s.Backend.Replay(ctx, active)
 }
 
+// newStagedRig is a started rig whose backend is a stagedFake.
+func newStagedRig(t *testing.T) (*rig, *stagedFake) {
+	var s *stagedFake
+	r := newRigOn(t, Config{}, func(f *fake.Backend) backend.Backend {
+		s = &stagedFake{Backend: f}
+		return s
+	})
+	r.start()
+	return r, s
+}
+
 func blocklist(n int) []journal.Decision {
 	out := make([]journal.Decision, n)
 	for i := range out {
@@ -45,12 +56,7 @@ func blocklist(n int) []journal.Decision {
 // A full pull is enforced through the staged replay, and only once its
 // snapshot is on disk: a copy of the file taken when ready returns holds it.
 func TestFullBatchEnforcedAfterSnapshotWritten(t *testing.T) {
-	var s *stagedFake
-	r := newRigOn(t, Config{}, func(f *fake.Backend) backend.Backend {
-		s = &stagedFake{Backend: f}
-		return s
-	})
-	r.start()
+	r, s := newStagedRig(t)
 	ds := blocklist(3000)
 	s.onReady = func() {
 		data, err := os.ReadFile(r.j.Path())
@@ -94,12 +100,7 @@ func TestFullBatchEnforcedAfterSnapshotWritten(t *testing.T) {
 // A snapshot that cannot be written does not hold the replay back: the
 // pull is enforced from memory, the lag is reported, the loop goes on.
 func TestFullBatchEnforcedWhenSnapshotFails(t *testing.T) {
-	var s *stagedFake
-	r := newRigOn(t, Config{}, func(f *fake.Backend) backend.Backend {
-		s = &stagedFake{Backend: f}
-		return s
-	})
-	r.start()
+	r, s := newStagedRig(t)
 	r.submit(journal.Batch{New: []journal.Decision{ban("192.0.2.1/32", "crowdsec", time.Hour)}})
 	fi, err := os.Stat(r.j.Path())
 	if err != nil {
