@@ -36,9 +36,11 @@
 // keeps upstream's set and spares a 100k-entry mirror.
 //
 // Writes are transactions. Apply sends deletes then adds in transactions
-// of up to 50k entries; an add is "add, delete, add" in one transaction so
-// that a present element gets its new timeout on every kernel (in place
-// only from 6.10 on) and a delete is "add, delete" so an absent element
+// of up to 50k entries. A present element must get the new timeout: from
+// Linux 6.10 an add updates it in place, so an add is one add; before, an
+// add of a present element is a no-op and an add is "add, delete, add" in
+// one transaction (50k adds: 0.10–0.13 s vs 0.39–0.50 s measured on 6.18).
+// A delete is "add, delete" so an absent element
 // never fails the batch. Replay flushes and refills every set in one
 // transaction, so enforcement never drops: measured 0.76 s for 100k and
 // 8.6 s for 1M entries (nft -f of the same into a timeout set: 1.69 s and
