@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"strings"
 	"time"
@@ -74,7 +75,7 @@ func (d *Drift) Add(kind, detail string) {
 // ready more than once (only the first call waits). When ready fails it
 // enforces nothing and returns ready's error.
 type StagedReplayer interface {
-	ReplayWhen(ctx context.Context, active []Entry, ready func() error) error
+	ReplayWhen(ctx context.Context, active iter.Seq[Entry], ready func() error) error
 }
 
 // Limits are properties of a backend that the enforcer plans around.
@@ -113,7 +114,12 @@ type Backend interface {
 	// is past are skipped), without dropping enforcement to zero while it
 	// works (fill a temporary set and swap, or one transaction). Refused
 	// entries are reported as for Apply.
-	Replay(ctx context.Context, active []Entry) error
+	//
+	// active is read from the journal's view as it is walked, not held as
+	// a slice (64 bytes an entry: 64 MB more at a million bans, and the time
+	// to build it). A backend may walk it more than once; each walk yields
+	// the same entries, not necessarily in the same order.
+	Replay(ctx context.Context, active iter.Seq[Entry]) error
 	// Verify checks cheaply — no full member listing — that the
 	// infrastructure exists and, when Limits().CountsMembers, that each set
 	// holds at least want[set] members.

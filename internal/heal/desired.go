@@ -2,6 +2,7 @@ package heal
 
 import (
 	"cmp"
+	"iter"
 	"net/netip"
 	"slices"
 	"time"
@@ -104,43 +105,40 @@ func affected(v *journal.View, b journal.Batch) map[netip.Prefix]struct{} {
 	return ps
 }
 
-// activeEntries returns the whole desired kernel state, for Replay. A
-// prefix held by several decisions (an Ip and a Range, two types) is emitted
-// once, when the walk meets the first of them in ForPrefix's order: no
-// 1M-entry "seen" map at the memory peak of a full replay. When the view
-// holds a single scope and type (a blocklist), every decision is its own
-// prefix and the walk skips ForPrefix altogether.
-func activeEntries(v *journal.View, now time.Time, idx originIndex) []backend.Entry {
-	out := make([]backend.Entry, 0, v.Len())
-	idx = memoIndex(idx)
-	if v.OnePerPrefix() {
+// activeEntries returns the whole desired kernel state, for Replay, as a
+// walk over the view: a million entries are 64 MB as a slice. Each walk
+// reads the view again, so it yields the same entries as long as the view
+// does not change — the enforcer, its only writer, is the one walking.
+//
+// A prefix held by several decisions (an Ip and a Range, two types) is
+// emitted once, when the walk meets the first of them in ForPrefix's
+// order: no 1M-entry "seen" map. When the view holds a single scope and
+// type (a blocklist), every decision is its own prefix and the walk skips
+// ForPrefix altogether.
+func activeEntries(v *journal.View, now time.Time, idx originIndex) iter.Seq[backend.Entry] {
+	one := v.OnePerPrefix()
+	return func(yield func(backend.Entry) bool) {
+		idx := memoIndex(idx)
 		v.Each(func(d journal.Decision) bool {
 			if !d.Until.After(now) {
 				return true
 			}
-			if o, ok := idx(d.Origin); ok {
-				out = append(out, backend.Entry{Prefix: d.Prefix, Origin: o, Until: d.Until})
+			if one {
+				o, ok := idx(d.Origin)
+				return !ok || yield(backend.Entry{Prefix: d.Prefix, Origin: o, Until: d.Until})
+			}
+			ds := v.ForPrefix(d.Prefix)
+			if len(ds) > 1 && ds[0].Key() != d.Key() {
+				return true // emitted with the first decision on this prefix
+			}
+			for _, e := range entriesFor(ds, idx) {
+				if e.Until.After(now) && !yield(e) {
+					return false
+				}
 			}
 			return true
 		})
-		return out
 	}
-	v.Each(func(d journal.Decision) bool {
-		if !d.Until.After(now) {
-			return true
-		}
-		ds := v.ForPrefix(d.Prefix)
-		if len(ds) > 1 && ds[0].Key() != d.Key() {
-			return true // emitted with the first decision on this prefix
-		}
-		for _, e := range entriesFor(ds, idx) {
-			if e.Until.After(now) {
-				out = append(out, e)
-			}
-		}
-		return true
-	})
-	return out
 }
 
 // memoIndex caches idx for a walk over the view: a million decisions share
@@ -175,9 +173,9 @@ type expectedCounts map[backend.SetKey][]int64
 // countEntries counts es per set, leaving out the entries skip names (the
 // ones the backend refused: they are not in the kernel and a count that
 // expects them would be repaired forever).
-func countEntries(es []backend.Entry, skip func(backend.Entry) bool) expectedCounts {
+func countEntries(es iter.Seq[backend.Entry], skip func(backend.Entry) bool) expectedCounts {
 	c := expectedCounts{}
-	for _, e := range es {
+	for e := range es {
 		if skip(e) {
 			continue
 		}
@@ -190,35 +188,38 @@ func countEntries(es []backend.Entry, skip func(backend.Entry) bool) expectedCou
 	return c
 }
 
-// countView is countEntries(activeEntries(...)) without the intermediate
-// slice when each prefix holds one decision: a recount after a delta at a
-// million bans then costs the sort, not 64 MB of entries.
-func countView(v *journal.View, now time.Time, idx originIndex, skip func(backend.Entry) bool) expectedCounts {
-	if !v.OnePerPrefix() {
-		return countEntries(activeEntries(v, now, idx), skip)
-	}
-	idx = memoIndex(idx)
-	c := expectedCounts{}
-	v.Each(func(d journal.Decision) bool {
-		if !d.Until.After(now) {
-			return true
-		}
-		o, ok := idx(d.Origin)
-		if !ok {
-			return true
-		}
-		en := backend.Entry{Prefix: d.Prefix, Origin: o, Until: d.Until}
-		if skip(en) {
-			return true
-		}
-		k := backend.SetKey{Origin: o, V6: d.Prefix.Addr().Is6()}
-		c[k] = append(c[k], d.Until.UnixNano())
-		return true
-	})
+// total is the number of entries counted.
+func (c expectedCounts) total() int {
+	n := 0
 	for _, us := range c {
-		slices.Sort(us)
+		n += len(us)
 	}
-	return c
+	return n
+}
+
+// latest is the furthest expiry counted (zero when none).
+func (c expectedCounts) latest() time.Time {
+	var ns int64
+	for _, us := range c {
+		if len(us) > 0 {
+			ns = max(ns, us[len(us)-1])
+		}
+	}
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+// latestUntil is the furthest expiry among es (zero when none).
+func latestUntil(es []backend.Entry) time.Time {
+	var t time.Time
+	for _, e := range es {
+		if e.Until.After(t) {
+			t = e.Until
+		}
+	}
+	return t
 }
 
 // drop removes refused entries: they are not in the kernel.

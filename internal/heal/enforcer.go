@@ -469,7 +469,7 @@ func (e *Enforcer) apply(ctx context.Context, r *request) error {
 		e.log.Error("apply batch failed, replaying", "err", err)
 		return e.repair(ctx, []string{"apply"}, []string{err.Error()})
 	}
-	e.noteLongBans(d.Add)
+	e.noteLongBans(latestUntil(d.Add))
 	e.log.Debug("batch applied", "full", b.Full, "added", len(d.Add), "deleted", len(d.Del))
 	e.health.update(func(h *Health) { h.Enforcing = true; h.ActiveEntries = v.Len() })
 	return nil
@@ -593,7 +593,7 @@ func (e *Enforcer) pass(ctx context.Context) error {
 // rebuildCounts recomputes the expected member counts.
 func (e *Enforcer) rebuildCounts(now time.Time) {
 	e.forgetRejections()
-	e.counts = countView(e.j.View(), now, e.kidx, e.isRejected)
+	e.counts = countEntries(activeEntries(e.j.View(), now, e.kidx), e.isRejected)
 	e.countsDirty = false
 	e.health.update(func(h *Health) { h.ActiveEntries = e.j.View().Len() })
 }

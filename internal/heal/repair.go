@@ -3,6 +3,7 @@ package heal
 import (
 	"context"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
 	"strings"
@@ -32,13 +33,10 @@ func (e *Enforcer) ensureAndReplayAfter(ctx context.Context, journaled func() er
 	}
 	e.forgetRejections()
 	es := activeEntries(e.j.View(), now, e.kidx)
-	// Everything derived from es is computed before the replay, so the
-	// backend holds the only reference while it fills the kernel and can
-	// let the 64 MB of a million entries go once it has grouped them.
-	n := len(es)
 	counts := countEntries(es, func(backend.Entry) bool { return false })
+	n := counts.total()
 	e.refreshDue = time.Time{}
-	e.noteLongBans(es)
+	e.noteLongBans(counts.latest())
 	rejected, err := backend.Rejected(e.replay(ctx, es, journaled))
 	e.reportRejections(rejected)
 	if err != nil {
@@ -52,7 +50,7 @@ func (e *Enforcer) ensureAndReplayAfter(ctx context.Context, journaled func() er
 
 // replay is Replay after journaled returns, prepared meanwhile when the
 // backend can.
-func (e *Enforcer) replay(ctx context.Context, es []backend.Entry, journaled func() error) error {
+func (e *Enforcer) replay(ctx context.Context, es iter.Seq[backend.Entry], journaled func() error) error {
 	if journaled == nil {
 		return e.be.Replay(ctx, es)
 	}
@@ -256,22 +254,21 @@ func (e *Enforcer) deepVerify(ctx context.Context, now time.Time) error {
 	return nil
 }
 
-// noteLongBans schedules a refresh for entries whose expiry is beyond the
-// kernel's maximum timeout: the kernel would drop them early otherwise.
-func (e *Enforcer) noteLongBans(es []backend.Entry) {
+// noteLongBans schedules a refresh when latest, the furthest expiry just
+// written to the kernel, is beyond the backend's timeout cap: every entry
+// written now past the cap has the same due time.
+func (e *Enforcer) noteLongBans(latest time.Time) {
 	maxT := e.be.Limits().MaxTimeout
 	if maxT <= 0 {
 		return // the backend keeps any timeout
 	}
 	now := e.now()
-	for _, en := range es {
-		if en.Until.Sub(now) > maxT {
-			due := now.Add(maxT - e.cfg.RefreshMargin)
-			if e.refreshDue.IsZero() || due.Before(e.refreshDue) {
-				e.refreshDue = due
-			}
-			return // every long entry written now has the same due time
-		}
+	if latest.Sub(now) <= maxT {
+		return
+	}
+	due := now.Add(maxT - e.cfg.RefreshMargin)
+	if e.refreshDue.IsZero() || due.Before(e.refreshDue) {
+		e.refreshDue = due
 	}
 }
 
@@ -283,7 +280,7 @@ func (e *Enforcer) refreshLongBans(ctx context.Context, now time.Time) error {
 	}
 	e.refreshDue = time.Time{}
 	var d backend.Delta
-	for _, en := range activeEntries(e.j.View(), now, e.kidx) {
+	for en := range activeEntries(e.j.View(), now, e.kidx) {
 		if en.Until.Sub(now) > e.cfg.RefreshMargin {
 			d.Add = append(d.Add, en)
 		}
@@ -294,7 +291,7 @@ func (e *Enforcer) refreshLongBans(ctx context.Context, now time.Time) error {
 	if err := e.kernelErr(e.be.Apply(ctx, d)); err != nil {
 		return e.repair(ctx, []string{"apply"}, []string{"refresh long bans: " + err.Error()})
 	}
-	e.noteLongBans(d.Add)
+	e.noteLongBans(latestUntil(d.Add))
 	e.log.Info("refreshed long bans", "entries", len(d.Add))
 	return nil
 }
@@ -321,7 +318,7 @@ func (e *Enforcer) memberDelta(got map[backend.SetKey][]netip.Prefix, now time.T
 	}
 	var d backend.Delta
 	cut := now.Add(e.cfg.ExpireSlack)
-	for _, en := range activeEntries(e.j.View(), now, e.kidx) {
+	for en := range activeEntries(e.j.View(), now, e.kidx) {
 		k := backend.SetKey{Origin: en.Origin, V6: en.Prefix.Addr().Is6()}
 		if _, ok := have[k][en.Prefix]; ok {
 			delete(have[k], en.Prefix)

@@ -3,6 +3,7 @@ package heal
 import (
 	"context"
 	"fmt"
+	"iter"
 	"os"
 	"path/filepath"
 	"testing"
@@ -23,7 +24,9 @@ type stagedFake struct {
 	onReady func()
 }
 
-func (s *stagedFake) ReplayWhen(ctx context.Context, active []backend.Entry, ready func() error) error {
+var _ backend.StagedReplayer = (*stagedFake)(nil)
+
+func (s *stagedFake) ReplayWhen(ctx context.Context, active iter.Seq[backend.Entry], ready func() error) error {
 	s.calls++
 	if err := ready(); err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -67,7 +68,7 @@ func TestBenchScrape(t *testing.T) {
 	if err := be.Ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := be.Replay(ctx, entries); err != nil {
+	if err := be.Replay(ctx, slices.Values(entries)); err != nil {
 		t.Fatal(err)
 	}
 

@@ -9,6 +9,7 @@ package dryrun
 import (
 	"context"
 	"fmt"
+	"iter"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -169,7 +170,8 @@ func (b *Backend) summary(es []backend.Entry) string {
 }
 
 // Replay implements backend.Backend: the model holds exactly active.
-func (b *Backend) Replay(_ context.Context, active []backend.Entry) error {
+func (b *Backend) Replay(_ context.Context, seq iter.Seq[backend.Entry]) error {
+	active := slices.Collect(seq) // the model holds them all anyway
 	b.lock()
 	defer b.unlock()
 	now := b.cfg.Now()

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -48,7 +49,7 @@ func TestDryRunModelIsConsistent(t *testing.T) {
 	for i := range 1000 {
 		big = append(big, entry(fmt.Sprintf("198.18.%d.%d/32", i/256, i%256), 0))
 	}
-	if err := b.Replay(ctx, big); err != nil {
+	if err := b.Replay(ctx, slices.Values(big)); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{entry("2001:db8::1/128", 1)}, Del: []backend.Entry{big[0]}}); err != nil {

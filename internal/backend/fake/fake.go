@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
@@ -202,11 +203,17 @@ func (b *Backend) live(until, now time.Time) bool {
 }
 
 // Replay implements backend.Backend.
-func (b *Backend) Replay(_ context.Context, active []backend.Entry) error {
+func (b *Backend) Replay(_ context.Context, seq iter.Seq[backend.Entry]) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.fail("Replay"); err != nil {
 		return err
+	}
+	// Real backends walk active more than once (count, then fill): an input
+	// that cannot be walked twice alike would fail them, so it fails here.
+	active := slices.Collect(seq)
+	if again := slices.Collect(seq); len(again) != len(active) {
+		return fmt.Errorf("fake replay: active yielded %d entries, then %d on a second walk", len(active), len(again))
 	}
 	for k := range b.sets {
 		b.sets[k] = map[netip.Prefix]time.Time{}
@@ -215,7 +222,6 @@ func (b *Backend) Replay(_ context.Context, active []backend.Entry) error {
 	if b.MaxElem > 0 {
 		// Fill in address order, so the entries left out of a full set
 		// are the same at every replay (as the iptables backend does).
-		active = slices.Clone(active)
 		slices.SortFunc(active, func(x, y backend.Entry) int { return x.Prefix.Addr().Compare(y.Prefix.Addr()) })
 	}
 	var rs []backend.Rejection

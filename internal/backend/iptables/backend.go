@@ -1,10 +1,10 @@
 package iptables
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"maps"
 	"math/bits"
@@ -344,55 +344,90 @@ type grouped struct {
 	invalid []backend.Rejection
 }
 
-func (g *grouped) add(name string, k backend.SetKey, e kEntry) {
-	if _, ok := g.keys[name]; !ok {
-		g.order = append(g.order, name)
-		g.keys[name] = k
-	}
-	g.entries[name] = append(g.entries[name], e)
-}
-
 // group validates entries and sorts them into their sets. Expired entries
 // are dropped when dropExpired (adds), kept for deletes.
-func (b *Backend) group(entries []backend.Entry, now time.Time, dropExpired bool) *grouped {
+func (b *Backend) group(entries iter.Seq[backend.Entry], now time.Time, dropExpired bool) *grouped {
 	g := &grouped{keys: map[string]backend.SetKey{}, entries: map[string][]kEntry{}}
-	// A million entries share a few sets: name each set once, not per entry,
-	// and size each set's slice once (growing it by appends would allocate
-	// several times its final size).
-	names := map[backend.SetKey]string{}
-	sizes := map[backend.SetKey]int{}
-	for _, e := range entries {
-		if e.Prefix.IsValid() {
-			sizes[b.SetKeyOf(e.Origin, e.Prefix.Addr().Is6())]++
+	// Each set's slice is sized by a counting walk first: growing it by
+	// appends would allocate several times its final size.
+	r := b.newRouter(now, dropExpired)
+	for e := range entries {
+		if to, _, _ := r.route(e); to != nil {
+			to.n++
 		}
 	}
-	for k, n := range sizes {
-		name := b.setName(k)
-		names[k] = name
-		g.entries[name] = make([]kEntry, 0, n)
+	for _, to := range r.sets {
+		to.entries = make([]kEntry, 0, to.n)
 	}
-	for _, e := range entries {
-		if reason, err := b.check(e); err != nil {
-			g.invalid = append(g.invalid, backend.Rejection{Entry: e, Reason: reason, Err: err})
+	for e := range entries {
+		to, k, rej := r.route(e)
+		if rej != nil {
+			g.invalid = append(g.invalid, *rej)
 			continue
 		}
-		t, live := timeoutFor(e.Until, now)
-		if !live && dropExpired {
+		if to == nil {
 			continue
 		}
-		k := b.SetKeyOf(e.Origin, e.Prefix.Addr().Is6())
-		name, ok := names[k]
-		if !ok {
-			name = b.setName(k)
-			names[k] = name
+		if len(to.entries) == 0 {
+			g.order = append(g.order, to.name)
+			g.keys[to.name] = to.key
 		}
-		if what, ok := b.mismatch[name]; ok {
-			g.invalid = append(g.invalid, backend.Rejection{Entry: e, Reason: "set_mismatch", Err: fmt.Errorf("%w: %s", ErrMismatchRejected, what)})
-			continue
-		}
-		g.add(name, k, newKEntry(e.Prefix, t, e.Origin))
+		to.entries = append(to.entries, k)
+	}
+	for _, to := range r.sets {
+		g.entries[to.name] = to.entries
 	}
 	return g
+}
+
+// router validates entries and finds their sets. A million entries share a
+// few sets: a set is looked up once per run of entries going to it, not
+// once per entry.
+type router struct {
+	b           *Backend
+	now         time.Time
+	dropExpired bool
+	sets        map[backend.SetKey]*routed
+	last        *routed
+}
+
+// routed is one set entries are routed to.
+type routed struct {
+	name     string
+	key      backend.SetKey
+	mismatch string // why the set refuses every entry, when it does
+	n        int
+	entries  []kEntry
+}
+
+func (b *Backend) newRouter(now time.Time, dropExpired bool) *router {
+	return &router{b: b, now: now, dropExpired: dropExpired, sets: map[backend.SetKey]*routed{}}
+}
+
+// route returns e's set and kernel entry; a nil set with no rejection is
+// an expired entry left out.
+func (r *router) route(e backend.Entry) (*routed, kEntry, *backend.Rejection) {
+	if reason, err := r.b.check(e); err != nil {
+		return nil, kEntry{}, &backend.Rejection{Entry: e, Reason: reason, Err: err}
+	}
+	t, live := timeoutFor(e.Until, r.now)
+	if !live && r.dropExpired {
+		return nil, kEntry{}, nil
+	}
+	k := r.b.SetKeyOf(e.Origin, e.Prefix.Addr().Is6())
+	to := r.last
+	if to == nil || to.key != k {
+		if to = r.sets[k]; to == nil {
+			to = &routed{name: r.b.setName(k), key: k}
+			to.mismatch = r.b.mismatch[to.name]
+			r.sets[k] = to
+		}
+		r.last = to
+	}
+	if to.mismatch != "" {
+		return nil, kEntry{}, &backend.Rejection{Entry: e, Reason: "set_mismatch", Err: fmt.Errorf("%w: %s", ErrMismatchRejected, to.mismatch)}
+	}
+	return to, newKEntry(e.Prefix, t, e.Origin), nil
 }
 
 // invalidErr reports rejected entries in the contract's error class.
@@ -411,14 +446,15 @@ func (b *Backend) addOrigins(os []int) {
 	}
 }
 
-// missingOrigins returns origins referenced by g that were never ensured.
-func (b *Backend) missingOrigins(gs ...*grouped) []int {
+// missingOrigins returns origins of the sets named in keys that were never
+// ensured.
+func (b *Backend) missingOrigins(keys ...map[string]backend.SetKey) []int {
 	if b.cfg.Mode == ModeIPSet {
 		return nil
 	}
 	var out []int
-	for _, g := range gs {
-		for _, k := range g.keys {
+	for _, ks := range keys {
+		for _, k := range ks {
 			if !b.origins[k.Origin] && !slices.Contains(out, k.Origin) {
 				out = append(out, k.Origin)
 			}
@@ -435,9 +471,9 @@ func (b *Backend) missingOrigins(gs ...*grouped) []int {
 // run Ensure and Replay.
 func (b *Backend) Apply(ctx context.Context, d backend.Delta) error {
 	now := b.cfg.Now()
-	dels := b.group(d.Del, now, false)
-	adds := b.group(d.Add, now, true)
-	if miss := b.missingOrigins(dels, adds); len(miss) > 0 || (b.cfg.Mode == ModeIPSet && len(b.sets) == 0) {
+	dels := b.group(slices.Values(d.Del), now, false)
+	adds := b.group(slices.Values(d.Add), now, true)
+	if miss := b.missingOrigins(dels.keys, adds.keys); len(miss) > 0 || (b.cfg.Mode == ModeIPSet && len(b.sets) == 0) {
 		b.addOrigins(miss)
 		if err := b.Ensure(ctx); err != nil {
 			return fmt.Errorf("apply: %w", err)
@@ -482,110 +518,6 @@ func (b *Backend) ourSets() map[string]backend.SetKey {
 		}
 	}
 	return out
-}
-
-// Replay makes each of our sets hold exactly the live entries of active.
-// An existing set is refilled through a temporary set that is swapped in,
-// so enforcement never drops to zero; a missing set is created pre-sized
-// and filled directly. Sets of ensured origins with no entry are emptied
-// the same way. Entries beyond a set's maxelem are left out and reported
-// as ErrSetFull after the swap.
-func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
-	return b.ReplayWhen(ctx, active, func() error { return nil })
-}
-
-// ReplayWhen implements backend.StagedReplayer: each set is filled aside
-// and swapped in once ready returns. The largest set goes first, so that
-// its fill is what overlaps the caller's work.
-func (b *Backend) ReplayWhen(ctx context.Context, active []backend.Entry, ready func() error) error {
-	g := b.group(active, b.cfg.Now(), true)
-	if miss := b.missingOrigins(g); len(miss) > 0 {
-		b.addOrigins(miss)
-		if err := b.Ensure(ctx); err != nil {
-			return fmt.Errorf("replay: %w", err)
-		}
-	}
-	sets := b.ourSets()
-	names := slices.SortedFunc(maps.Keys(sets), func(x, y string) int {
-		return cmp.Or(cmp.Compare(len(g.entries[y]), len(g.entries[x])), strings.Compare(x, y))
-	})
-	var errs []error
-	for _, name := range names {
-		if _, ok := b.mismatch[name]; ok {
-			continue // its entries were refused by group
-		}
-		err := b.replaySet(ctx, name, sets[name].V6, g.entries[name], ready)
-		if errors.Is(err, errNotReady) {
-			return err
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("replay %s: %w", name, err))
-		}
-	}
-	if err := invalidErr(g.invalid); err != nil {
-		errs = append(errs, fmt.Errorf("replay: %w", err))
-	}
-	return errors.Join(errs...)
-}
-
-// errNotReady wraps the error of ReplayWhen's ready: nothing more is
-// enforced after it.
-var errNotReady = errors.New("replay not enforced")
-
-func (b *Backend) replaySet(ctx context.Context, name string, v6 bool, entries []kEntry, ready func() error) error {
-	isReady := func() error {
-		if err := ready(); err != nil {
-			return fmt.Errorf("%w: %w", errNotReady, err)
-		}
-		return nil
-	}
-	s, err := b.socket()
-	if err != nil {
-		return err
-	}
-	sp, err := b.specFor(ctx, v6, len(entries))
-	if err != nil {
-		return err
-	}
-	info, err := s.header(ctx, name)
-	exists := err == nil
-	switch {
-	case errors.Is(err, ErrSetNotFound):
-	case err != nil:
-		return err
-	case info.typ != sp.typ || info.family != sp.family:
-		return fmt.Errorf("%w: set %s is %s family %d", ErrSetMismatch, name, info.typ, info.family)
-	default:
-		// Follow the existing set so the swap is accepted and its
-		// owner's choices (ipset mode) survive.
-		sp.revision, sp.maxElem, sp.timeout = info.revision, info.maxElem, info.timeout
-	}
-	size, fits := b.sizeFor(name, len(entries), sp.maxElem)
-	sp.maxElem = size
-	var full error
-	if !fits {
-		entries, full = cutToFit(name, entries, size)
-	}
-	if !exists {
-		if err := s.create(ctx, name, sp); err != nil {
-			return err
-		}
-		b.sets[name] = setInfo{typ: sp.typ, family: sp.family, revision: sp.revision, hashSize: sp.hashSize, maxElem: sp.maxElem, timeout: sp.timeout}
-		// A rule may match the set by name as soon as it exists.
-		if err := isReady(); err != nil {
-			return err
-		}
-		if err := s.adt(ctx, ipsetCmdAdd, name, entries, sp.typ == SetTypeNet, sp.timeout); err != nil {
-			return err
-		}
-		return full
-	}
-	if err := b.fillAndSwap(ctx, s, name, sp, entries, isReady); err != nil {
-		return err
-	}
-	info.maxElem, info.hashSize = sp.maxElem, sp.hashSize
-	b.sets[name] = info
-	return full
 }
 
 // Verify checks, without listing members, that each of our sets exists

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,7 @@ func TestBenchReplay(t *testing.T) {
 	}
 	sh(t, "ipset destroy ref")
 	start = time.Now()
-	if err := b.Replay(ctx, entries); err != nil {
+	if err := b.Replay(ctx, slices.Values(entries)); err != nil {
 		t.Fatal(err)
 	}
 	ours := time.Since(start)
@@ -95,7 +96,7 @@ func TestBenchReplay1M(t *testing.T) {
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	start = time.Now()
-	if err := b.Replay(ctx, entries); err != nil {
+	if err := b.Replay(ctx, slices.Values(entries)); err != nil {
 		t.Fatal(err)
 	}
 	ours := time.Since(start)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -168,7 +169,7 @@ func TestKernelCounters(t *testing.T) {
 	if err := ensure(ctx, b, 0, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Replay(ctx, active); err != nil {
+	if err := b.Replay(ctx, slices.Values(active)); err != nil {
 		t.Fatal(err)
 	}
 	before, err := b.Counters(ctx)
@@ -260,7 +261,7 @@ func TestKernelCountersConcurrent(t *testing.T) {
 		}
 	}()
 	for i := range 5 {
-		if err := b.Replay(ctx, entries[:1000*(i+1)]); err != nil {
+		if err := b.Replay(ctx, slices.Values(entries[:1000*(i+1)])); err != nil {
 			t.Fatal(err)
 		}
 		if err := b.Apply(ctx, backend.Delta{Add: []backend.Entry{entry("192.0.2.5/32", i+1, time.Hour)}}); err != nil {
@@ -291,9 +292,9 @@ func TestKernelCountersIPSetMode(t *testing.T) {
 	}
 	ctx := t.Context()
 	b, _ := newKernelBackend(t, Config{Mode: ModeIPSet, SetName4: "mine4", SetName6: "mine6"})
-	if err := b.Replay(ctx, []backend.Entry{
+	if err := b.Replay(ctx, slices.Values([]backend.Entry{
 		entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 3, time.Hour), entry("2001:db8::1/128", 3, time.Hour),
-	}); err != nil {
+	})); err != nil {
 		t.Fatal(err)
 	}
 	c, err := b.Counters(ctx)

@@ -98,9 +98,7 @@ func (b *Backend) growFor(ctx context.Context, s *nlSocket, name string, v6 bool
 		return err
 	}
 	sp.revision, sp.timeout, sp.maxElem = info.revision, info.timeout, size
-	// The grown set holds what the live one does: nothing new is enforced.
-	noWait := func() error { return nil }
-	if err := b.fillAndSwap(ctx, s, name, sp, old, noWait); err != nil {
+	if err := b.fillAndSwap(ctx, s, name, sp, old); err != nil {
 		return fmt.Errorf("grow: %w", err)
 	}
 	info.maxElem, info.hashSize = size, sp.hashSize
@@ -109,9 +107,9 @@ func (b *Backend) growFor(ctx context.Context, s *nlSocket, name string, v6 bool
 }
 
 // fillAndSwap fills a temporary set built to sp with entries and swaps it
-// with name once ready returns: the rules never see an empty or partial
-// set. The temporary set is removed on every path, cancellation included.
-func (b *Backend) fillAndSwap(ctx context.Context, s *nlSocket, name string, sp setSpec, entries []kEntry, ready func() error) (err error) {
+// with name: the rules never see an empty or partial set. The temporary
+// set is removed on every path, cancellation included.
+func (b *Backend) fillAndSwap(ctx context.Context, s *nlSocket, name string, sp setSpec, entries []kEntry) (err error) {
 	tmp := name + "-t"
 	defer func() {
 		// After a successful swap tmp holds the old members and no rule
@@ -130,9 +128,6 @@ func (b *Backend) fillAndSwap(ctx context.Context, s *nlSocket, name string, sp 
 		return err
 	}
 	if err := s.adt(ctx, ipsetCmdAdd, tmp, entries, sp.typ == SetTypeNet, sp.timeout); err != nil {
-		return err
-	}
-	if err := ready(); err != nil {
 		return err
 	}
 	return s.swap(ctx, name, tmp)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,7 @@ func TestKernelSetsGrow(t *testing.T) {
 	small, _ := newKernelBackend(t, Config{Mode: "ipset", SetName4: "small4", DisableIPv6: true, MaxElem: 1000})
 	sh(t, "ipset create small4 hash:net maxelem 1000 timeout 0")
 	entries := v4Entries(5000, time.Hour)
-	if err := small.Replay(ctx, entries[:1500]); err != nil {
+	if err := small.Replay(ctx, slices.Values(entries[:1500])); err != nil {
 		t.Fatalf("Replay beyond ipset_size = %v, want the set grown", err)
 	}
 	if got := sh(t, "ipset list -t small4"); !strings.Contains(got, "Number of entries: 1500") {
@@ -65,7 +66,7 @@ func TestKernelWrongTypeSet(t *testing.T) {
 	if typ := sh(t, "ipset list -t "+name0+" | grep Type"); !strings.Contains(typ, "hash:net") {
 		t.Fatalf("ours not recreated: %s", typ)
 	}
-	err := b.Replay(ctx, []backend.Entry{entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 1, time.Hour)})
+	err := b.Replay(ctx, slices.Values([]backend.Entry{entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 1, time.Hour)}))
 	rs, rest := backend.Rejected(err)
 	if rest != nil || len(rs) != 1 || rs[0].Reason != "set_mismatch" || rs[0].Entry.Prefix != netip.MustParsePrefix("192.0.2.2/32") {
 		t.Fatalf("Replay = %v; want only the referenced stranger's entry refused", err)
@@ -87,7 +88,7 @@ func TestKernelWrongTypeSet(t *testing.T) {
 	if err := ensure(ctx, b, 0, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Replay(ctx, []backend.Entry{entry("192.0.2.2/32", 1, time.Hour)}); err != nil {
+	if err := b.Replay(ctx, slices.Values([]backend.Entry{entry("192.0.2.2/32", 1, time.Hour)})); err != nil {
 		t.Fatalf("Replay after the fix = %v", err)
 	}
 }
@@ -101,12 +102,12 @@ func TestKernelReplayCancelledLeavesNoTemp(t *testing.T) {
 	b, _ := newKernelBackend(t, Config{Mode: "ipset", SetName4: "cancel4", DisableIPv6: true})
 	sh(t, "ipset create cancel4 hash:net timeout 0")
 	entries := v4Entries(100000, time.Hour)
-	if err := b.Replay(t.Context(), entries[:10]); err != nil {
+	if err := b.Replay(t.Context(), slices.Values(entries[:10])); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	time.AfterFunc(5*time.Millisecond, cancel)
-	err := b.Replay(ctx, entries)
+	err := b.Replay(ctx, slices.Values(entries))
 	if err == nil {
 		t.Fatal("the fill of 100k finished within 5 ms: the cancellation was never exercised")
 	}
@@ -136,7 +137,7 @@ func TestKernelWrongFamilySet(t *testing.T) {
 	if err := ensure(ctx, b, 0, 1); err != nil {
 		t.Fatalf("Ensure with a wrong-family set = %v, want the others enforced", err)
 	}
-	err := b.Replay(ctx, []backend.Entry{entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 1, time.Hour)})
+	err := b.Replay(ctx, slices.Values([]backend.Entry{entry("192.0.2.1/32", 0, time.Hour), entry("192.0.2.2/32", 1, time.Hour)}))
 	if rs, rest := backend.Rejected(err); rest != nil || len(rs) != 1 || rs[0].Reason != "set_mismatch" {
 		t.Fatalf("Replay = %v; want only the stranger's entry refused", err)
 	}

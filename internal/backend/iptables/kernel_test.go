@@ -260,7 +260,7 @@ func TestKernelReplay(t *testing.T) {
 			if tc.damage != "" {
 				sh(t, tc.damage)
 			}
-			if err := b.Replay(ctx, tc.active); err != nil {
+			if err := b.Replay(ctx, slices.Values(tc.active)); err != nil {
 				t.Fatal(err)
 			}
 			if got := keysOf(members(t, "crowdsec-blacklists-0")); !slices.Equal(got, tc.want0) {
@@ -299,7 +299,7 @@ func TestKernelVerify(t *testing.T) {
 		if err := ensure(ctx, b, 0, 1); err != nil {
 			t.Fatal(err)
 		}
-		if err := b.Replay(ctx, active); err != nil {
+		if err := b.Replay(ctx, slices.Values(active)); err != nil {
 			t.Fatal(err)
 		}
 		d, err := b.Verify(ctx, want)
@@ -374,7 +374,7 @@ iptables -A INPUT -s 192.0.2.51/32 -j ACCEPT && iptables -A INPUT -j FOREIGN`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Replay(ctx, []backend.Entry{entry("192.0.2.1/32", 0, time.Hour), entry("2001:db8::/64", 3, time.Hour)}); err != nil {
+	if err := b.Replay(ctx, slices.Values([]backend.Entry{entry("192.0.2.1/32", 0, time.Hour), entry("2001:db8::/64", 3, time.Hour)})); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Close(ctx, true); err != nil {
@@ -434,7 +434,7 @@ func TestKernelIPSetMode(t *testing.T) {
 	if strings.Contains(sh(t, "iptables-save; ip6tables-save"), "CROWDSEC") {
 		t.Fatal("ipset mode wrote iptables rules")
 	}
-	if err := b.Replay(ctx, []backend.Entry{entry("192.0.2.3/32", 7, time.Hour)}); err != nil {
+	if err := b.Replay(ctx, slices.Values([]backend.Entry{entry("192.0.2.3/32", 7, time.Hour)})); err != nil {
 		t.Fatal(err)
 	}
 	if got := keysOf(members(t, "mine4")); !slices.Equal(got, []string{"192.0.2.3"}) {
@@ -473,7 +473,7 @@ func TestKernelReplay100k(t *testing.T) {
 	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
 	entries := v4Entries(100000, time.Hour)
 	for range 2 { // into a missing set, then through the swap
-		if err := b.Replay(ctx, entries); err != nil {
+		if err := b.Replay(ctx, slices.Values(entries)); err != nil {
 			t.Fatal(err)
 		}
 		if d, err := b.Verify(ctx, map[backend.SetKey]int{{}: 100000}); err != nil || !d.None() {
@@ -493,7 +493,7 @@ func TestKernelReplayWhileListed(t *testing.T) {
 	ctx := t.Context()
 	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, DisableIPv6: true})
 	entries := v4Entries(50000, time.Hour)
-	if err := b.Replay(ctx, entries); err != nil {
+	if err := b.Replay(ctx, slices.Values(entries)); err != nil {
 		t.Fatal(err)
 	}
 	stop := make(chan struct{})
@@ -512,7 +512,7 @@ func TestKernelReplayWhileListed(t *testing.T) {
 		}
 	}()
 	for i := range 15 {
-		if err := b.Replay(ctx, entries); err != nil {
+		if err := b.Replay(ctx, slices.Values(entries)); err != nil {
 			close(stop)
 			<-done
 			t.Fatalf("replay %d while the set is being listed: %v", i, err)
@@ -539,7 +539,7 @@ func TestKernelReplayWhen(t *testing.T) {
 	old := state()
 
 	failed := errors.New("journal not written")
-	if err := b.ReplayWhen(ctx, next, func() error { return failed }); !errors.Is(err, failed) {
+	if err := b.ReplayWhen(ctx, slices.Values(next), func() error { return failed }); !errors.Is(err, failed) {
 		t.Fatalf("ReplayWhen with a failing ready: %v, want its error", err)
 	}
 	if got := state(); got != old {
@@ -552,7 +552,7 @@ func TestKernelReplayWhen(t *testing.T) {
 	// The largest set goes first: here one that must be recreated.
 	sh(t, "iptables -F CROWDSEC_CHAIN && ipset destroy crowdsec-blacklists-0")
 	calls := 0
-	if err := b.ReplayWhen(ctx, next, func() error {
+	if err := b.ReplayWhen(ctx, slices.Values(next), func() error {
 		// Only the first call is the barrier; later ones find it passed.
 		if calls++; calls > 1 {
 			return nil

@@ -53,7 +53,7 @@ func TestKernelDenyLogLayout(t *testing.T) {
 		if err := b.Ensure(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if err := b.Replay(ctx, active); err != nil {
+		if err := b.Replay(ctx, slices.Values(active)); err != nil {
 			t.Fatal(err)
 		}
 	}

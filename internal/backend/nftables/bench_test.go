@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -74,7 +75,7 @@ func TestBenchReplay(t *testing.T) {
 		entries := benchEntries(n)
 		runtime.GC()
 		start := time.Now()
-		if err := b.Replay(t.Context(), entries); err != nil {
+		if err := b.Replay(t.Context(), slices.Values(entries)); err != nil {
 			t.Fatal(err)
 		}
 		ours := time.Since(start)

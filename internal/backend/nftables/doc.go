@@ -44,10 +44,11 @@
 // never fails the batch. Replay flushes and refills every set in one
 // transaction, so enforcement never drops: measured 0.76 s for 100k and
 // 8.6 s for 1M entries (nft -f of the same into a timeout set: 1.69 s and
-// 11.8 s). Replay routes each entry once and encodes its element messages
-// itself (rawtx.go): the library's per-element encoding was a quarter of a
-// 100k replay; now 100k take 0.19–0.28 s on a quiet machine, most of it
-// the kernel's. Elements go 1200 per netlink message (a message's element list
+// 11.8 s). Replay walks its entries once, straight from the journal's
+// view, routing each to its set and encoding its element messages itself
+// (rawtx.go): the library's per-element encoding was a quarter of a 100k
+// replay; now 100k take 0.19–0.28 s on a quiet machine, most of it the
+// kernel's. Elements go 1200 per netlink message (a message's element list
 // is one attribute with a 16-bit length); a transaction is one sendmsg, so
 // our sockets get forced 256 MiB send and receive buffers (limits, not
 // allocations).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"time"
 
@@ -286,6 +287,97 @@ func (b *Backend) applyTx(d backend.Delta, start, end int, now time.Time) ([]bac
 	return rej, nil
 }
 
+// replaySlot is one of our sets being refilled by a replay. A
+// single-address set gets its elements queued as the walk meets them; an
+// interval set collects its prefixes in a mirror first, whose roots are
+// queued after the walk (overlapping prefixes merge).
+type replaySlot struct {
+	slot
+	w *writer
+	m *mirror
+}
+
+// queueReplay encodes the replay transaction in one walk over active:
+// every set of ours is flushed, then refilled, the element messages of
+// different sets interleaved as the entries come. It returns the
+// transaction, the number of entries walked and the refused ones.
+func (b *Backend) queueReplay(active iter.Seq[backend.Entry], now time.Time) (*rawTx, int, []backend.Rejection, error) {
+	tx := &rawTx{}
+	slots := map[string]*replaySlot{}
+	var order []*replaySlot
+	add := func(s slot) {
+		rs := &replaySlot{slot: s, w: &writer{set: b.setRef(s), op: tx.addElements}}
+		if s.interval {
+			rs.m = newMirror()
+		}
+		slots[s.name] = rs
+		order = append(order, rs)
+		tx.flushSet(rs.w.set)
+	}
+	names := b.setNames()
+	for _, f := range b.fams {
+		if f.cfg.SetOnly {
+			if f.userSet != nil {
+				add(slot{fam: f, name: f.cfg.SetName, interval: f.userSet.Interval})
+			}
+			continue
+		}
+		for _, o := range b.originList() {
+			name := names[backend.SetKey{Origin: o, V6: f.v6}]
+			add(slot{fam: f, name: name})
+			add(slot{fam: f, name: rangesName(name), interval: true})
+		}
+	}
+	n := 0
+	var rej []backend.Rejection
+	var last *replaySlot
+	var one [2]gnft.SetElement
+	for e := range active {
+		n++
+		s, r := b.routeIn(names, e)
+		if r != nil {
+			rej = append(rej, *r)
+			continue
+		}
+		if last == nil || last.name != s.name {
+			if last = slots[s.name]; last == nil {
+				rej = append(rej, backend.Rejection{Entry: e, Reason: "unknown_origin",
+					Err: fmt.Errorf("%w: %s: set %s is not declared", backend.ErrRejected, e.Prefix, s.name)})
+				continue
+			}
+		}
+		to, ok := b.timeout(last.w.set, e.Until, now)
+		if !ok {
+			continue
+		}
+		if last.m == nil {
+			last.w.put(elems(one[:0], e.Prefix, false, to)...)
+			continue
+		}
+		// later() reads a zero time as "no expiry": only merge with an
+		// expiry that is there.
+		if old, dup := last.m.want[e.Prefix]; dup {
+			last.m.want[e.Prefix] = later(old, e.Until)
+		} else {
+			last.m.want[e.Prefix] = e.Until
+		}
+	}
+	for _, rs := range order {
+		if rs.m != nil {
+			b.mirrors[rs.name] = rs.m
+			for _, c := range rs.m.update(nil, nil, now) {
+				to, _ := b.timeout(rs.w.set, c.until, now)
+				rs.w.put(elems(nil, c.p, true, to)...)
+			}
+		}
+		rs.w.flush()
+		if rs.w.err != nil {
+			return nil, n, rej, rs.w.err
+		}
+	}
+	return tx, n, rej, nil
+}
+
 // queueMirror updates an interval set's mirror and queues the root changes.
 func (b *Backend) queueMirror(set *gnft.Set, dels []netip.Prefix, adds map[netip.Prefix]time.Time, now time.Time) error {
 	m, err := b.mirrorOf(set, now)
@@ -408,123 +500,31 @@ func intervals(els []gnft.SetElement) []interval {
 // Replay makes our sets hold exactly active in one transaction: each set
 // is flushed and refilled, so no packet sees a half-filled set. Expired
 // entries are skipped; refused ones are reported as for Apply.
-func (b *Backend) Replay(ctx context.Context, active []backend.Entry) error {
+func (b *Backend) Replay(ctx context.Context, active iter.Seq[backend.Entry]) error {
 	return b.ReplayWhen(ctx, active, func() error { return nil })
 }
 
 // ReplayWhen implements backend.StagedReplayer: the transaction is encoded
 // first and committed once ready returns.
-func (b *Backend) ReplayWhen(ctx context.Context, active []backend.Entry, ready func() error) error {
+func (b *Backend) ReplayWhen(ctx context.Context, active iter.Seq[backend.Entry], ready func() error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	now := b.cfg.Now()
-	slots, at, rej := b.replaySlots(active)
-	tx := &rawTx{}
-	for _, s := range slots {
-		tx.flushSet(b.setRef(s))
-	}
-	for i, s := range slots {
-		if err := b.replaySet(tx, s, active, at, int32(i), now); err != nil {
-			b.forgetMirrors()
-			return errors.Join(err, rejected(rej))
-		}
+	tx, n, rej, err := b.queueReplay(active, b.cfg.Now())
+	if err != nil {
+		b.forgetMirrors()
+		return errors.Join(err, rejected(rej))
 	}
 	if err := ready(); err != nil {
 		b.forgetMirrors()
 		return err
 	}
-	resume := b.quiet(len(active))
-	err := tx.commit()
+	resume := b.quiet(n)
+	err = tx.commit()
 	resume(committed(err))
 	if err != nil {
 		b.forgetMirrors()
 		return errors.Join(fmt.Errorf("nftables replay: %w", err), rejected(rej))
 	}
 	return rejected(rej)
-}
-
-// noSlot marks a refused entry in replaySlots' routing table.
-const noSlot = -1
-
-// replaySlots lists every set of ours, routes each entry once (at[i] is
-// the index in slots of active[i]'s set, or noSlot) and returns the
-// refused entries.
-func (b *Backend) replaySlots(active []backend.Entry) ([]slot, []int32, []backend.Rejection) {
-	var slots []slot
-	index := map[string]int32{}
-	add := func(s slot) {
-		index[s.name] = int32(len(slots))
-		slots = append(slots, s)
-	}
-	names := b.setNames()
-	for _, f := range b.fams {
-		if f.cfg.SetOnly {
-			if f.userSet != nil {
-				add(slot{fam: f, name: f.cfg.SetName, interval: f.userSet.Interval})
-			}
-			continue
-		}
-		for _, o := range b.originList() {
-			name := names[backend.SetKey{Origin: o, V6: f.v6}]
-			add(slot{fam: f, name: name})
-			add(slot{fam: f, name: rangesName(name), interval: true})
-		}
-	}
-	at := make([]int32, len(active))
-	var rej []backend.Rejection
-	for i, e := range active {
-		s, r := b.routeIn(names, e)
-		if r != nil {
-			rej = append(rej, *r)
-			at[i] = noSlot
-			continue
-		}
-		at[i] = index[s.name]
-	}
-	return slots, at, rej
-}
-
-// replaySet queues the elements of slot number si: a pass over active per
-// set keeps memory to one message's worth of elements.
-func (b *Backend) replaySet(tx *rawTx, s slot, active []backend.Entry, at []int32, si int32, now time.Time) error {
-	set := b.setRef(s)
-	if s.interval {
-		m := newMirror()
-		for i, e := range active {
-			if at[i] != si {
-				continue
-			}
-			if _, ok := b.timeout(set, e.Until, now); !ok {
-				continue
-			}
-			// later() reads a zero time as "no expiry": only merge with
-			// an expiry that is there.
-			if old, dup := m.want[e.Prefix]; dup {
-				m.want[e.Prefix] = later(old, e.Until)
-			} else {
-				m.want[e.Prefix] = e.Until
-			}
-		}
-		b.mirrors[s.name] = m
-		w := &writer{set: set, op: tx.addElements}
-		for _, c := range m.update(nil, nil, now) {
-			to, _ := b.timeout(set, c.until, now)
-			w.put(elems(nil, c.p, true, to)...)
-		}
-		w.flush()
-		return w.err
-	}
-	w := &writer{set: set, op: tx.addElements}
-	var one [2]gnft.SetElement
-	for i, e := range active {
-		if at[i] != si {
-			continue
-		}
-		if to, ok := b.timeout(set, e.Until, now); ok {
-			w.put(elems(one[:0], e.Prefix, false, to)...)
-		}
-	}
-	w.flush()
-	return w.err
 }

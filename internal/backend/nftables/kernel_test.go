@@ -375,7 +375,7 @@ func TestKernelReplay(t *testing.T) {
 		entry("2001:db8::/64", 2, time.Hour),
 		entry("192.0.2.9/32", 1, -time.Minute), // expired: skipped
 	)
-	if err := b.Replay(ctx, active); err != nil {
+	if err := b.Replay(ctx, slices.Values(active)); err != nil {
 		t.Fatal(err)
 	}
 	// counted in nft's text output: its JSON output of a 100k set came
@@ -571,7 +571,7 @@ func TestKernelReplayWhen(t *testing.T) {
 	next := []backend.Entry{entry("192.0.2.7/32", 0, time.Hour), entry("192.0.2.128/25", 0, time.Hour)}
 
 	failed := errors.New("journal not written")
-	err := b.ReplayWhen(ctx, next, func() error { return failed })
+	err := b.ReplayWhen(ctx, slices.Values(next), func() error { return failed })
 	if !errors.Is(err, failed) {
 		t.Fatalf("ReplayWhen with a failing ready: %v, want its error", err)
 	}
@@ -580,7 +580,7 @@ func TestKernelReplayWhen(t *testing.T) {
 	}
 
 	calls := 0
-	if err := b.ReplayWhen(ctx, next, func() error {
+	if err := b.ReplayWhen(ctx, slices.Values(next), func() error {
 		calls++
 		if got := keys(elements(t, "ip", "crowdsec", set)); !slices.Equal(got, oldSingles) {
 			t.Errorf("before ready returned the set held %q, want the old %q", got, oldSingles)

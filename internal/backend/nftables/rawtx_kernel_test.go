@@ -24,7 +24,7 @@ func TestKernelReplayRawMessages(t *testing.T) {
 		entry("192.0.2.64/26", 0, 2*time.Hour),
 		entry("2001:db8::10/128", 2, 3*time.Hour),
 	}
-	if err := b.Replay(ctx, active); err != nil {
+	if err := b.Replay(ctx, slices.Values(active)); err != nil {
 		t.Fatal(err)
 	}
 	for _, w := range []struct {
@@ -46,7 +46,7 @@ func TestKernelReplayRawMessages(t *testing.T) {
 	// The ip6 table is gone: flushing its sets fails, and with it the whole
 	// transaction, the IPv4 flush included.
 	sh(t, "nft delete table ip6 crowdsec6")
-	if err := b.Replay(ctx, []backend.Entry{entry("192.0.2.99/32", 0, time.Hour)}); err == nil {
+	if err := b.Replay(ctx, slices.Values([]backend.Entry{entry("192.0.2.99/32", 0, time.Hour)})); err == nil {
 		t.Fatal("Replay into a deleted table succeeded")
 	}
 	if got := keys(elements(t, "ip", "crowdsec", "crowdsec-blacklists-crowdsec")); !slices.Equal(got, []string{"192.0.2.10"}) {
