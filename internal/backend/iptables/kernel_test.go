@@ -577,3 +577,56 @@ func TestKernelReplayWhen(t *testing.T) {
 		t.Fatalf("after ReplayWhen the sets hold %v, want %v", got, want)
 	}
 }
+
+// Replay fills every set in one walk, sending each set's entries in chunks
+// as they come: entries of three sets interleaved, each set larger than a
+// chunk, and some expired or refused, must land exactly where they belong.
+func TestKernelReplayInterleavedSets(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	ctx := t.Context()
+	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, Chains6: []string{"INPUT"}})
+	if err := ensure(ctx, b, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	n := fillChunk*2 + 321
+	want := map[string]map[string]bool{"crowdsec-blacklists-0": {}, "crowdsec-blacklists-1": {}, "crowdsec6-blacklists-0": {}}
+	var active []backend.Entry
+	for i := range n {
+		a4 := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		a6 := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 14: byte(i >> 8), 15: byte(i)})
+		ttl := time.Hour
+		if i%1000 == 7 {
+			ttl = -time.Second // expired: left out
+		}
+		active = append(active,
+			backend.Entry{Prefix: netip.PrefixFrom(a4, 32), Origin: i % 2, Until: t0.Add(ttl)},
+			backend.Entry{Prefix: netip.PrefixFrom(a6, 128), Until: t0.Add(ttl)})
+		if ttl > 0 {
+			want[fmt.Sprintf("crowdsec-blacklists-%d", i%2)][a4.String()] = true
+			want["crowdsec6-blacklists-0"][a6.String()] = true
+		}
+	}
+	active = append(active, entry("192.0.2.5/24", 0, time.Hour)) // not masked: refused
+	err := b.Replay(ctx, slices.Values(active))
+	var re *backend.RejectedError
+	if !errors.As(err, &re) || len(re.Rejected) != 1 || re.Rejected[0].Reason != "invalid_prefix" {
+		t.Fatalf("Replay = %v, want the one unmasked entry refused", err)
+	}
+	for set, w := range want {
+		got := members(t, set)
+		if len(got) != len(w) {
+			t.Errorf("%s holds %d members, want %d", set, len(got), len(w))
+		}
+		for p := range w {
+			if _, ok := got[p]; !ok {
+				t.Errorf("%s lacks %s", set, p)
+				break
+			}
+		}
+	}
+	if out := sh(t, "ipset list -n"); strings.Contains(out, "-t\n") {
+		t.Errorf("temporary set left behind:\n%s", out)
+	}
+}
