@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -60,6 +61,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
+	// The LAPI client loads the system's CA certificates (≈30 ms; crypto/x509
+	// keeps them once loaded), even for an http:// LAPI: loading them now
+	// overlaps the config parsing instead of delaying the first pull.
+	go func() { _, _ = x509.SystemCertPool() }()
 	res, err := config.Load(*cfgPath, os.LookupEnv)
 	if err != nil {
 		fmt.Fprintf(stderr, "cs-journal-bouncer: %v\n", err)
