@@ -213,7 +213,7 @@ func (p *puller) pull(ctx context.Context, full bool) error {
 	}
 	fetched := p.now()
 	p.enf.SetLAPI(true, at, full)
-	added, deleted := len(b.New), len(b.Deleted)
+	added, deleted := b.NewLen(), len(b.Deleted)
 	if err := p.enf.Submit(ctx, b, at); err != nil {
 		return fmt.Errorf("apply batch: %w", err)
 	}

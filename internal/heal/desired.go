@@ -85,12 +85,12 @@ func diff(before, after snapshot) backend.Delta {
 
 // affected returns the prefixes a batch can change.
 func affected(v *journal.View, b journal.Batch) map[netip.Prefix]struct{} {
-	n := len(b.New) + len(b.Deleted)
+	n := b.Len()
 	if b.Full {
 		n += v.Len()
 	}
 	ps := make(map[netip.Prefix]struct{}, n)
-	for _, d := range b.New {
+	for _, d := range b.AllNew() {
 		ps[d.Prefix] = struct{}{}
 	}
 	for _, k := range b.Deleted {

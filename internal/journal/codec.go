@@ -234,13 +234,13 @@ func appendPrefix(b []byte, p netip.Prefix) []byte {
 // unreadable is ever written.
 func encodeBatch(b Batch, at int64) ([]byte, error) {
 	var base int64
-	for i, d := range b.New {
+	for i, d := range b.AllNew() {
 		if u := untilMS(d.Until); i == 0 || u < base {
 			base = u
 		}
 	}
-	e := newEncoder(b.Full, base, at, len(b.New))
-	for i, d := range b.New {
+	e := newEncoder(b.Full, base, at, b.NewLen())
+	for i, d := range b.AllNew() {
 		if err := validPrefix(d.Prefix); err != nil {
 			return nil, fmt.Errorf("new decision %d: %w", i, err)
 		}

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"iter"
 	"net/netip"
 	"time"
 )
@@ -42,16 +43,44 @@ type Key struct {
 // Batch is one unit written to the journal and then to the kernel: what one
 // LAPI stream pull returned, after normalization.
 type Batch struct {
-	// Full marks a startup=true pull: New is LAPI's whole active set, and
-	// anything the view holds that is not in New must go (LAPI hard-deletes
-	// some decisions without ever listing them as deleted).
+	// Full marks a startup=true pull: the new decisions are LAPI's whole
+	// active set, and anything the view holds that is not among them must
+	// go (LAPI hard-deletes some decisions without ever listing them as
+	// deleted).
 	Full bool
-	// New decisions, added or extended. With Full, the complete set.
+	// New decisions, added or extended; with Packed's, the complete set
+	// when Full.
 	New []Decision
+	// Packed holds more new decisions, after New's, in compact form: LAPI's
+	// pull fills it instead of New (see DecisionList). Use NewLen and
+	// AllNew to see both.
+	Packed *DecisionList
 	// Deleted keys. Deleting a key that is not in the view is a no-op
 	// (LAPI repeats deletes, and lists long-expired ones at startup).
 	Deleted []Key
 }
 
 // Len is the number of decisions the batch carries.
-func (b Batch) Len() int { return len(b.New) + len(b.Deleted) }
+func (b Batch) Len() int { return b.NewLen() + len(b.Deleted) }
+
+// NewLen is the number of new decisions, New's and Packed's.
+func (b Batch) NewLen() int { return len(b.New) + b.Packed.Len() }
+
+// AllNew yields the new decisions in order, New's then Packed's, each with
+// its index among them.
+func (b Batch) AllNew() iter.Seq2[int, Decision] {
+	return func(yield func(int, Decision) bool) {
+		for i, d := range b.New {
+			if !yield(i, d) {
+				return
+			}
+		}
+		i := len(b.New)
+		for d := range b.Packed.All() {
+			if !yield(i, d) {
+				return
+			}
+			i++
+		}
+	}
+}

@@ -195,7 +195,7 @@ func (j *Journal) Append(b Batch) error {
 	lagging := j.lag != nil
 	// Origins get their index in memory first: the kernel set names derive
 	// from it, and the batch is enforced even when the write fails.
-	j.appendDelta(b, now, j.newOrigins(b.New))
+	j.appendDelta(b, now, j.newOrigins(b))
 	return j.afterWrite(now, lagging)
 }
 
@@ -218,10 +218,10 @@ func (j *Journal) AppendFull(b Batch) (persist func() error, err error) {
 	j.mu.Lock()
 	now := untilMS(j.now())
 	lagging := j.lag != nil
-	added := j.newOrigins(b.New)
+	added := j.newOrigins(b)
 	v := j.view
 	v.mu.Lock()
-	v.replace(b.New, now)
+	v.replace(b, now)
 	v.mu.Unlock()
 	j.mergeOrigins(added)
 	return func() error {
@@ -232,7 +232,7 @@ func (j *Journal) AppendFull(b Batch) (persist func() error, err error) {
 }
 
 func validate(b Batch) error {
-	for i, d := range b.New {
+	for i, d := range b.AllNew() {
 		if err := validPrefix(d.Prefix); err != nil {
 			return fmt.Errorf("journal append: new decision %d: %w: %w", i, ErrInvalidDecision, err)
 		}
@@ -312,7 +312,7 @@ func (j *Journal) appendDelta(b Batch, now int64, added map[string]int) {
 	v := j.view
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for _, d := range b.New {
+	for _, d := range b.AllNew() {
 		v.upsert(recordOf(d, now), now)
 	}
 	for _, key := range b.Deleted {
@@ -367,11 +367,11 @@ func writeSnapshot(tx *bolt.Tx, data []byte) error {
 	return nil
 }
 
-// newOrigins gives every origin of ds not yet known the next index, in
-// memory only: mergeOrigins adopts them, putOrigins stores them.
-func (j *Journal) newOrigins(ds []Decision) map[string]int {
+// newOrigins gives every origin of b's new decisions not yet known the next
+// index, in memory only: mergeOrigins adopts them, putOrigins stores them.
+func (j *Journal) newOrigins(b Batch) map[string]int {
 	var added map[string]int
-	for _, d := range ds {
+	for _, d := range b.AllNew() {
 		if _, ok := j.origins[d.Origin]; ok {
 			continue
 		}

@@ -193,13 +193,13 @@ func (v *View) origin(val vval) uint32 { return v.strs.pairs.list[val.label].a }
 // earlier duplicate overwrote or deleted is kept in displaced, unless what
 // replaced it gives the same since (same origin, or the old one had
 // expired anyway).
-func (v *View) replace(ds []Decision, now int64) {
+func (v *View) replace(b Batch, now int64) {
 	if v.m.len() == 0 {
-		v.fill(ds, now)
+		v.fill(b, now)
 		return
 	}
 	v.m.markStale()
-	for _, d := range ds {
+	for _, d := range b.AllNew() {
 		if untilMS(d.Until) > now {
 			k := v.internKey(d.Prefix, d.Scope, d.Type)
 			v.m.keep(k)
@@ -215,7 +215,7 @@ func (v *View) replace(ds []Decision, now int64) {
 	v.m.markStale()
 	v.combos, v.minUntil = nil, math.MaxInt64
 	var displaced map[vkey]vval
-	for _, d := range ds {
+	for _, d := range b.AllNew() {
 		r := recordOf(d, now)
 		k := v.internKey(r.prefix, r.scope, r.typ)
 		cur, ok := v.m.get(k)
@@ -254,17 +254,17 @@ func (v *View) replace(ds []Decision, now int64) {
 // a decision's prev, and a duplicate's since is the batch's either way, so
 // the decisions are loaded in bulk and sorted once, the last of a key
 // winning as in replace.
-func (v *View) fill(ds []Decision, now int64) {
+func (v *View) fill(b Batch, now int64) {
 	// Sized once for each family: growing a base would copy it.
 	n6 := 0
-	for _, d := range ds {
+	for _, d := range b.AllNew() {
 		if d.Prefix.Addr().Is6() {
 			n6++
 		}
 	}
-	v.m = newVmap(len(ds)-n6, n6)
+	v.m = newVmap(b.NewLen()-n6, n6)
 	v.combos, v.minUntil = nil, math.MaxInt64
-	for _, d := range ds {
+	for _, d := range b.AllNew() {
 		r := recordOf(d, now)
 		k := v.internKey(r.prefix, r.scope, r.typ)
 		if r.until <= now {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
+	"path/filepath"
 	"runtime"
 	"runtime/metrics"
 	"strings"
@@ -36,8 +37,8 @@ func BenchmarkNormalize100k(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		batch, rej := Normalize(&resp, NormalizeOptions{}, testNow)
-		if len(batch.New) != 100_000 || len(rej) != 0 {
-			b.Fatalf("kept %d rejected %d", len(batch.New), len(rej))
+		if batch.NewLen() != 100_000 || len(rej) != 0 {
+			b.Fatalf("kept %d rejected %d", batch.NewLen(), len(rej))
 		}
 	}
 }
@@ -71,8 +72,8 @@ func pullBench(b *testing.B, n int, pull func(*Client) (journal.Batch, error)) {
 	}
 	check := func() journal.Batch {
 		got, err := pull(c)
-		if err != nil || len(got.New) != n {
-			b.Fatalf("pull: %d decisions, %v", len(got.New), err)
+		if err != nil || got.NewLen() != n {
+			b.Fatalf("pull: %d decisions, %v", got.NewLen(), err)
 		}
 		return got
 	}
@@ -162,4 +163,50 @@ func BenchmarkPullBatch1M(b *testing.B) {
 func pullBatch(c *Client) (journal.Batch, error) {
 	batch, _, _, err := c.PullBatch(context.Background(), true, NormalizeOptions{}, nil)
 	return batch, err
+}
+
+// BenchmarkPullAppendFull1M is a cold start's pull phase at 1M bans: the
+// streaming pull, then the batch into an empty journal and its snapshot
+// written. peak-heap-MB is what the phase adds to the heap at its
+// highest, retained-MB what the journal keeps. Skipped with -short.
+func BenchmarkPullAppendFull1M(b *testing.B) {
+	if testing.Short() {
+		b.Skip("1M decisions: skipped with -short")
+	}
+	const n = 1_000_000
+	srv := httptest.NewServer(&bodyLAPI{body: benchBody(n)})
+	defer srv.Close()
+	c, err := NewClient(ClientConfig{APIURL: srv.URL, APIKey: testKey}, discardLogger())
+	if err != nil {
+		b.Fatal(err)
+	}
+	coldStart := func() any {
+		j, err := journal.Open(journal.Options{Path: filepath.Join(b.TempDir(), "j.db")})
+		if err != nil {
+			b.Fatal(err)
+		}
+		batch, err := pullBatch(c)
+		if err != nil || batch.Len() != n {
+			b.Fatalf("pull: %d decisions, %v", batch.Len(), err)
+		}
+		persist, err := j.AppendFull(batch)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := persist(); err != nil {
+			b.Fatal(err)
+		}
+		if err := j.Close(); err != nil {
+			b.Fatal(err)
+		}
+		return j // its view stays readable
+	}
+	coldStart() // warm-up: the connection and lazy initialisations
+	peak, retained := measurePull(b, coldStart)
+	b.ReportAllocs()
+	for b.Loop() {
+		coldStart()
+	}
+	b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MB")
+	b.ReportMetric(float64(retained)/(1<<20), "retained-MB")
 }

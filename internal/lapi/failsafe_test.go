@@ -33,6 +33,7 @@ func pullBody(t *testing.T, body string, opts NormalizeOptions) (journal.Batch, 
 		t.Fatal(err)
 	}
 	b, rej, _, err := c.PullBatch(t.Context(), true, opts, func() time.Time { return testNow })
+	b = flat(b)
 	return b, rej, err
 }
 
@@ -352,6 +353,7 @@ func TestPullBatchBounded(t *testing.T) {
 				defer cancel()
 			}
 			b, rej, _, err := c.PullBatch(ctx, true, NormalizeOptions{}, nil)
+			b = flat(b)
 			if tc.want == nil {
 				if err != nil || len(b.New) != 1 || c.Failures() != 0 {
 					t.Fatalf("err %v, %d new, %d failures", err, len(b.New), c.Failures())

@@ -39,6 +39,7 @@ func FuzzNormalize(f *testing.F) {
 		}
 		opts := NormalizeOptions{DisableIPv6: noV6, Types: map[string]bool{"ban": true, "captcha": true}}
 		b, rej, stats := NormalizeWithStats(&resp, opts, testNow)
+		b = flat(b)
 		if got, in := len(b.New)+len(b.Deleted)+len(rej)+stats.SkippedSimulated+stats.SkippedType+stats.SkippedFamily,
 			len(resp.New)+len(resp.Deleted); got != in {
 			t.Fatalf("accounted for %d decisions, got %d", got, in)
@@ -156,6 +157,7 @@ func FuzzDecodeStream(f *testing.F) {
 			return
 		}
 		got, gotRej, gotStats := n.result()
+		got = flat(got)
 		if !reflect.DeepEqual(got, want.batch) || !reflect.DeepEqual(gotRej, want.rej) || gotStats != want.stats {
 			t.Fatalf("%q:\nstream    %+v %+v %+v\nreference %+v %+v %+v", data, got, gotRej, gotStats, want.batch, want.rej, want.stats)
 		}

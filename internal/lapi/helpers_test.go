@@ -3,6 +3,8 @@ package lapi
 import (
 	"strconv"
 	"unsafe"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 )
 
 func itoa(i int) string { return strconv.Itoa(i) }
@@ -18,4 +20,18 @@ func (f fields) texts() fields {
 		*s = jsonString{s: s.text(), ok: s.ok}
 	}
 	return f
+}
+
+// flat is b with its packed decisions in New, as the tests read and
+// compare batches: New is nil exactly when Packed was.
+func flat(b journal.Batch) journal.Batch {
+	if b.Packed == nil {
+		return b
+	}
+	news := make([]journal.Decision, 0, b.NewLen())
+	for _, d := range b.AllNew() {
+		news = append(news, d)
+	}
+	b.New, b.Packed = news, nil
+	return b
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/chunks"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 )
 
@@ -131,35 +132,38 @@ type normalizer struct {
 	// repeated key replaces the earlier list as encoding/json does.
 	lists   [2]listResult
 	deleted bool // the list being filled: lists[1] when true
-	news    chunks[packed]
-	dels    chunks[packed]
+	// news becomes the batch's Packed: nil while the new list had no
+	// elements, so that a nil list and an empty one differ as in
+	// encoding/json's decoding of LAPI's model.
+	news *journal.DecisionList
+	dels chunks.List[packed]
+	// delsStarted: the deleted list had elements, so its slice is non-nil
+	// even if all were dropped.
+	delsStarted bool
 
 	lastOrigin originMemo
 	lastType   typeMemo
 	metas      []meta
 	metaIDs    map[meta]uint32
-	lastMeta   uint32 // metas' index of the last packed decision
+	lastMeta   uint32 // metas' index of the last packed key
 }
 
-// packed is a kept decision or deleted key as a list holds it until the
-// response ends: 32 bytes without pointers, where journal.Decision is 120
-// with five. The GC does not scan the lists, and the batch's slices,
-// allocated at their exact length once the lists are complete, are the
-// only full-size copies (chunks of journal.Decision and the slice they were
-// copied into were two: 230 MB at 1M decisions).
+// packed is a deleted key as the list holds it until the response ends:
+// 24 bytes without pointers, where journal.Key is 64 with two. The GC does
+// not scan the list, and the batch's slice, allocated at its exact length
+// once the list is complete, is the only full-size copy. (New decisions
+// go to a journal.DecisionList, the batch's own compact form.)
 type packed struct {
-	addr [16]byte      // the prefix's address, As16
-	dur  time.Duration // new decisions: Until is the receive time + dur
-	meta uint32        // index in normalizer.metas
+	addr [16]byte // the prefix's address, As16
+	meta uint32   // index in normalizer.metas
 	bits uint8
 	is4  bool
 }
 
-// meta holds the strings a decision shares with many others (a blocklist's
-// 100k decisions have one meta).
-type meta struct{ origin, scenario, typ, scope string }
+// meta holds the strings a key shares with many others.
+type meta struct{ typ, scope string }
 
-func (n *normalizer) pack(p netip.Prefix, dur time.Duration, m meta) packed {
+func (n *normalizer) pack(p netip.Prefix, m meta) packed {
 	id := n.lastMeta
 	if int(id) >= len(n.metas) || n.metas[id] != m {
 		var ok bool
@@ -171,7 +175,7 @@ func (n *normalizer) pack(p netip.Prefix, dur time.Duration, m meta) packed {
 		n.lastMeta = id
 	}
 	a := p.Addr()
-	return packed{addr: a.As16(), dur: dur, meta: id, bits: uint8(p.Bits()), is4: a.Is4()}
+	return packed{addr: a.As16(), meta: id, bits: uint8(p.Bits()), is4: a.Is4()}
 }
 
 func (p packed) prefix() netip.Prefix {
@@ -210,10 +214,14 @@ func newNormalizer(opts NormalizeOptions) *normalizer {
 func (n *normalizer) startList(deleted bool, sizeHint int) {
 	n.deleted = deleted
 	if deleted {
-		n.dels.reset(sizeHint)
+		n.dels = chunks.Make[packed](sizeHint)
+		n.delsStarted = sizeHint > 0
 		n.lists[1] = listResult{}
 	} else {
-		n.news.reset(sizeHint)
+		n.news = nil
+		if sizeHint > 0 {
+			n.news = journal.NewDecisionList(n.now, sizeHint)
+		}
 		n.lists[0] = listResult{}
 	}
 }
@@ -223,9 +231,9 @@ func (n *normalizer) startList(deleted bool, sizeHint int) {
 // elements, even if all were dropped.
 func (n *normalizer) listStarted() {
 	if n.deleted {
-		n.dels.started = true
-	} else {
-		n.news.started = true
+		n.delsStarted = true
+	} else if n.news == nil {
+		n.news = journal.NewDecisionList(n.now, 0)
 	}
 }
 
@@ -240,11 +248,8 @@ func (n *normalizer) list() *listResult {
 // is a null list element.
 func (n *normalizer) add(f *fields) {
 	if !n.deleted {
-		dec, reason, keep := n.newDecision(f)
-		if reason != "" {
+		if reason := n.addNew(f); reason != "" {
 			n.reject(f, reason)
-		} else if keep {
-			n.news.add(dec)
 		}
 		return
 	}
@@ -252,7 +257,7 @@ func (n *normalizer) add(f *fields) {
 	if reason != "" {
 		n.reject(f, reason)
 	} else if keep {
-		n.dels.add(key)
+		n.dels.Add(key)
 	}
 }
 
@@ -266,8 +271,8 @@ func (n *normalizer) reject(f *fields, reason string) {
 func (n *normalizer) result() (journal.Batch, []Rejection, Stats) {
 	rej := append(n.lists[0].rej, n.lists[1].rej...)
 	s0, s1 := n.lists[0].stats, n.lists[1].stats
-	b := journal.Batch{New: n.newSlice(), Deleted: n.deletedSlice()}
-	b.Deleted = deletedBeforeNew(b.New, b.Deleted)
+	b := journal.Batch{Packed: n.news, Deleted: n.deletedSlice()}
+	b.Deleted = deletedBeforeNew(b, b.Deleted)
 	return b, rej, Stats{
 		SkippedSimulated: s0.SkippedSimulated + s1.SkippedSimulated,
 		SkippedType:      s0.SkippedType + s1.SkippedType,
@@ -275,46 +280,25 @@ func (n *normalizer) result() (journal.Batch, []Rejection, Stats) {
 	}
 }
 
-// newSlice unpacks the new list. The receive time is the one the
-// decisions were checked against: now is set before the first byte is
-// decoded.
-func (n *normalizer) newSlice() []journal.Decision {
-	if n.news.isNil() {
-		return nil
-	}
-	out := make([]journal.Decision, 0, n.news.n)
-	for p := range n.news.all() {
-		m := &n.metas[p.meta]
-		out = append(out, journal.Decision{
-			Prefix:   p.prefix(),
-			Until:    n.now.Add(p.dur),
-			Origin:   m.origin,
-			Scenario: m.scenario,
-			Type:     m.typ,
-			Scope:    m.scope,
-		})
-	}
-	return out
-}
-
 // deletedSlice unpacks the deleted list.
 func (n *normalizer) deletedSlice() []journal.Key {
-	if n.dels.isNil() {
+	if !n.delsStarted && n.dels.Len() == 0 {
 		return nil
 	}
-	out := make([]journal.Key, 0, n.dels.n)
-	for p := range n.dels.all() {
+	out := make([]journal.Key, 0, n.dels.Len())
+	for p := range n.dels.All() {
 		m := &n.metas[p.meta]
 		out = append(out, journal.Key{Scope: m.scope, Prefix: p.prefix(), Type: m.typ})
 	}
 	return out
 }
 
-// deletedBeforeNew drops from del the keys that new adds back: upstream
-// applies a delta's deleted list before its new list, so a decision in
-// both stays banned, while the journal applies a batch's New first.
-func deletedBeforeNew(news []journal.Decision, del []journal.Key) []journal.Key {
-	if len(news) == 0 || len(del) == 0 {
+// deletedBeforeNew drops from del the keys that b's new decisions add back:
+// upstream applies a delta's deleted list before its new list, so a
+// decision in both stays banned, while the journal applies a batch's new
+// decisions first.
+func deletedBeforeNew(b journal.Batch, del []journal.Key) []journal.Key {
+	if b.NewLen() == 0 || len(del) == 0 {
 		return del
 	}
 	dels := make(map[journal.Key]bool, len(del))
@@ -322,7 +306,7 @@ func deletedBeforeNew(news []journal.Decision, del []journal.Key) []journal.Key 
 		dels[k] = false
 	}
 	readded := 0
-	for _, d := range news {
+	for _, d := range b.AllNew() {
 		if seen, ok := dels[d.Key()]; ok && !seen {
 			dels[d.Key()] = true
 			readded++
@@ -429,36 +413,39 @@ func (n *normalizer) covers(p netip.Prefix) bool {
 	return false
 }
 
-func (n *normalizer) newDecision(d *fields) (packed, string, bool) {
-	var dec packed
+// addNew adds d to the new list, or returns why it is rejected ("" also
+// when it is skipped on purpose). Its Until is the receive time + its
+// duration: now is set before the first byte is decoded.
+func (n *normalizer) addNew(d *fields) string {
 	key, reason, keep := n.common(d)
 	if reason != "" || !keep {
-		return dec, reason, false
+		return reason
 	}
 	if reason := n.familyReason(key.Prefix); reason != "" {
-		return dec, reason, false
+		return reason
 	}
 	if n.covers(key.Prefix) {
-		return dec, ReasonProtected, false
+		return ReasonProtected
 	}
 	switch {
 	case !d.Origin.ok || d.Origin.s == "":
 		// the origin picks the kernel set: without it there is nowhere to put the ban
-		return dec, ReasonMissingOrigin, false
+		return ReasonMissingOrigin
 	case !d.Scenario.ok:
-		return dec, ReasonMissingScen, false
+		return ReasonMissingScen
 	case !d.Duration.ok:
-		return dec, ReasonMissingDur, false
+		return ReasonMissingDur
 	}
 	dur, err := parseDuration(&d.Duration)
 	if err != nil {
-		return dec, ReasonBadDuration, false
+		return ReasonBadDuration
 	}
 	if dur <= 0 {
-		return dec, ReasonExpired, false
+		return ReasonExpired
 	}
 	origin, scenario := n.originOf(d.Origin.s, d.Scenario.s)
-	return n.pack(key.Prefix, dur, meta{origin: origin, scenario: scenario, typ: key.Type, scope: key.Scope}), "", true
+	n.news.Add(key.Prefix, dur, origin, scenario, key.Type, key.Scope)
+	return ""
 }
 
 // originOf returns the interned originKey and scenario, remembering the
@@ -499,7 +486,7 @@ func (n *normalizer) deletedKey(d *fields) (packed, string, bool) {
 		n.list().stats.SkippedFamily++
 		return packed{}, "", false
 	}
-	return n.pack(key.Prefix, 0, meta{typ: key.Type, scope: key.Scope}), "", true
+	return n.pack(key.Prefix, meta{typ: key.Type, scope: key.Scope}), "", true
 }
 
 func (n *normalizer) familyReason(p netip.Prefix) string {

@@ -90,6 +90,7 @@ func TestNormalizeNew(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			resp := &models.DecisionsStreamResponse{New: models.GetDecisionsResponse{tc.d}}
 			b, rej, stats := NormalizeWithStats(resp, tc.opts, testNow)
+			b = flat(b)
 			if len(b.Deleted) != 0 {
 				t.Fatalf("deleted = %v, want none", b.Deleted)
 			}
@@ -160,6 +161,7 @@ func TestNormalizeDeleted(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			resp := &models.DecisionsStreamResponse{Deleted: models.GetDecisionsResponse{tc.d}}
 			b, rej, stats := NormalizeWithStats(resp, tc.opts, testNow)
+			b = flat(b)
 			if len(b.New) != 0 {
 				t.Fatalf("new = %v, want none", b.New)
 			}
@@ -217,6 +219,7 @@ func TestNormalizeBatch(t *testing.T) {
 				t.Fatal(err)
 			}
 			b, rej := Normalize(&resp, NormalizeOptions{}, testNow)
+			b = flat(b)
 			if b.Full {
 				t.Error("Normalize set Full; that is the caller's job")
 			}
@@ -276,6 +279,7 @@ func TestNormalizeInterns(t *testing.T) {
 		t.Fatal("decoder already shares strings; the test cannot tell interning apart")
 	}
 	b, rej := Normalize(&resp, NormalizeOptions{}, testNow)
+	b = flat(b)
 	if len(rej) != 0 || len(b.New) != 1000 {
 		t.Fatalf("kept %d, rejected %v", len(b.New), rej)
 	}

@@ -69,6 +69,7 @@ func refDecode(data []byte, opts NormalizeOptions, now time.Time) decoded {
 		}
 	}
 	b, rej, stats := n.result()
+	b = flat(b)
 	return decoded{batch: b, rej: rej, stats: stats, complete: resp.New.present && resp.Deleted.present}
 }
 
@@ -80,6 +81,7 @@ func streamDecode(r io.Reader) decoded {
 		return decoded{err: err}
 	}
 	b, rej, stats := n.result()
+	b = flat(b)
 	return decoded{batch: b, rej: rej, stats: stats, complete: complete}
 }
 
@@ -229,6 +231,7 @@ func TestPullBatchTruncatedBody(t *testing.T) {
 	for k := 1; k <= len(body); k++ {
 		fake.set(body[:k])
 		b, rej, stats, err := c.PullBatch(t.Context(), true, NormalizeOptions{}, now)
+		b = flat(b)
 		if k == len(body) {
 			if err != nil || len(b.New) != 1 || len(b.Deleted) != 1 || len(rej) != 1 {
 				t.Fatalf("whole body: %+v %+v %v", b, rej, err)

@@ -173,6 +173,7 @@ func TestPullBatchMatchesPull(t *testing.T) {
 				t.Run(bc.name+"/"+oname+"/startup="+map[bool]string{true: "1", false: "0"}[startup], func(t *testing.T) {
 					fake.set(bc.body)
 					got, gotRej, gotStats, err := c.PullBatch(t.Context(), startup, opts, func() time.Time { return now })
+					got = flat(got)
 					switch {
 					case bc.want == ok && err != nil, bc.want != ok && err == nil,
 						bc.want == malformed && !errors.Is(err, ErrMalformedResponse):
@@ -209,6 +210,7 @@ func TestPullBatchMatchesPull(t *testing.T) {
 						return
 					}
 					want, wantRej, wantStats := NormalizeWithStats(resp, opts, now)
+					want = flat(want)
 					want.Full = startup
 					if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotRej, wantRej) || gotStats != wantStats {
 						t.Errorf("\nPullBatch      %+v %+v %+v\nPull+Normalize %+v %+v %+v", got, gotRej, gotStats, want, wantRej, wantStats)
@@ -221,6 +223,7 @@ func TestPullBatchMatchesPull(t *testing.T) {
 	// proves little.
 	fake.set(streamFixture)
 	b, rej, stats, err := c.PullBatch(t.Context(), true, NormalizeOptions{DisableIPv6: true}, nil)
+	b = flat(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,6 +325,7 @@ func TestPullBatchErrors(t *testing.T) {
 			}
 			_, perr := c.Pull(t.Context(), true)
 			b, rej, stats, err := c.PullBatch(t.Context(), true, NormalizeOptions{}, nil)
+			b = flat(b)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.HasPrefix(err.Error(), "pull decisions stream (startup=true): ") {
 				t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
 			}
@@ -399,6 +403,7 @@ func TestPullBatchNoLeak(t *testing.T) {
 			res := make(chan error, 1)
 			go func() {
 				b, _, _, err := c.PullBatch(ctx, true, NormalizeOptions{}, nil)
+				b = flat(b)
 				if err == nil {
 					err = errors.New("no error")
 				}
@@ -468,6 +473,7 @@ func TestPullBatchInterns(t *testing.T) {
 	calls := 0
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	b, _, _, err := c.PullBatch(t.Context(), true, NormalizeOptions{}, func() time.Time { calls++; return now })
+	b = flat(b)
 	if err != nil {
 		t.Fatal(err)
 	}
