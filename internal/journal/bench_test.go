@@ -169,3 +169,30 @@ func BenchmarkEncode100k(b *testing.B) {
 }
 
 func BenchmarkOpen100k(b *testing.B) { benchOpen(b, 100_000, false) }
+
+// benchSnapshot encodes a view of n decisions as the snapshot and reports
+// its size. list makes it a blocklist pull: one origin, scenario and
+// expiry for every decision, where batchN spreads them.
+func benchSnapshot(b *testing.B, n int, v6, list bool) {
+	batch := batchN(n, v6)
+	if list {
+		for i := range batch.New {
+			d := &batch.New[i]
+			d.Origin, d.Scenario, d.Until = "lists", "lists:firehol", t0.Add(24*time.Hour)
+		}
+	}
+	v := newView(newStrtab())
+	v.fill(batch.New, untilMS(t0))
+	var size int
+	for b.Loop() {
+		size = len(v.encode(untilMS(t0)))
+	}
+	b.ReportMetric(float64(size), "snapshot-bytes")
+	b.ReportMetric(float64(size)/float64(n), "bytes/decision")
+}
+
+func BenchmarkSnapshot100k(b *testing.B)     { benchSnapshot(b, 100_000, false, false) }
+func BenchmarkSnapshot1M(b *testing.B)       { benchSnapshot(b, 1_000_000, false, false) }
+func BenchmarkSnapshot1M6(b *testing.B)      { benchSnapshot(b, 1_000_000, true, false) }
+func BenchmarkSnapshotList100k(b *testing.B) { benchSnapshot(b, 100_000, false, true) }
+func BenchmarkSnapshotList1M6(b *testing.B)  { benchSnapshot(b, 1_000_000, true, true) }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
+	"math/bits"
 	"net/netip"
 	"time"
 )
@@ -35,17 +37,62 @@ import (
 // types and scopes repeat thousands of times in a batch, so each is written
 // once in the string table. bbolt keeps no checksum of values, hence the CRC:
 // a flipped bit must read as corruption, not as a different ban.
+//
+// Version 3 is the snapshot's (events stay version 2). A blocklist of a
+// million decisions, written in key order, has consecutive or close
+// addresses sharing one origin, scenario, type, scope and expiry; version 3
+// writes each decision as what changed since the one before it:
+//
+//	byte    version (3)
+//	byte    flags: always 1 (full)
+//	varint  base, varint at, string table: as in version 2
+//	uvarint number of decisions, then each:
+//	        byte head: bit 0 tag, bit 1 until, bit 2 origin and scenario,
+//	                   bit 3 type and scope, bit 4 since: as the previous
+//	                   decision (never set on the first);
+//	                   bit 5: the address is whole, not a delta
+//	        [tag byte, as in version 2]
+//	        address: with bit 5, the ceil(bits/8) leading bytes, as in
+//	                 version 2; else uvarint of the network number (the
+//	                 address shifted right past its host bits) minus that
+//	                 of the previous decision with the same tag (0 before
+//	                 the first), so that the next /32 or /64 costs 1 byte
+//	        [uvarint (until - base) ms]
+//	        [uvarint origin, scenario (string indices)]
+//	        [uvarint type, scope (string indices)]
+//	        [uvarint since, coded as in version 2]
+//	4 bytes CRC-32C, as in version 2
+//
+// There are no deleted keys. A blocklist decision takes 2 bytes: head and
+// delta. The encoder writes a whole address where the delta would be
+// longer, would not fit in 64 bits, or would be negative (keys out of
+// order; the decoder does not care).
 const (
-	codecVersion   = 2
-	codecVersionV1 = 1
-	flagFull       = 1 << 0
-	flagSince      = 1 << 1
+	codecVersion    = 2 // events
+	codecVersionV1  = 1
+	snapshotVersion = 3
+	flagFull        = 1 << 0
+	flagSince       = 1 << 1
 
 	tagV6 = 64
 	// Smallest possible encodings, used to bound counts read from garbage so
 	// that a corrupt count cannot make the decoder allocate gigabytes.
 	minNewLen = 1 + 1 + 4
 	minDelLen = 1 + 2
+)
+
+// The bits of a version 3 decision's head byte.
+const (
+	sameTag = 1 << iota
+	sameUntil
+	sameLabel // origin and scenario
+	sameCombo // type and scope
+	sameSince
+	wholeAddr
+	headBits   = 1<<iota - 1
+	sameBits   = headBits &^ wholeAddr
+	tagLimit   = tagV6 + 128 + 1 // tags are below it
+	minSnapLen = 1               // a head alone: same tag, a whole /0
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -150,7 +197,7 @@ func (e *encoder) finish() []byte {
 		flags |= flagFull
 	}
 	out := make([]byte, 0, headerSize(e.strs)+len(e.news)+len(e.dels)+2*binary.MaxVarintLen64+4)
-	out = appendHeader(out, flags, e.base, e.at, e.strs)
+	out = appendHeader(out, codecVersion, flags, e.base, e.at, e.strs)
 	out = binary.AppendUvarint(out, uint64(e.nNew))
 	out = append(out, e.news...)
 	out = binary.AppendUvarint(out, uint64(e.nDel))
@@ -168,8 +215,8 @@ func headerSize(strs []string) int {
 }
 
 // appendHeader appends a value's version, flags, base, at and string table.
-func appendHeader(out []byte, flags byte, base, at int64, strs []string) []byte {
-	out = append(out, codecVersion, flags)
+func appendHeader(out []byte, version, flags byte, base, at int64, strs []string) []byte {
+	out = append(out, version, flags)
 	out = binary.AppendVarint(out, base)
 	out = binary.AppendVarint(out, at)
 	out = binary.AppendUvarint(out, uint64(len(strs)))
@@ -229,6 +276,173 @@ func appendPrefix(b []byte, p netip.Prefix) []byte {
 	return append(b, a16[:(bits+7)/8]...)
 }
 
+// u128 is an IPv6 address, or a network number, as a number.
+type u128 struct{ hi, lo uint64 }
+
+// shr and shl shift by s <= 128; Go's shifts by 64 or more give 0, which
+// makes s = 0 and s = 128 right without a case of their own.
+func (a u128) shr(s uint) u128 {
+	if s >= 64 {
+		return u128{0, a.hi >> (s - 64)}
+	}
+	return u128{a.hi >> s, a.lo>>s | a.hi<<(64-s)}
+}
+
+func (a u128) shl(s uint) u128 {
+	if s >= 64 {
+		return u128{a.lo << (s - 64), 0}
+	}
+	return u128{a.hi<<s | a.lo>>(64-s), a.lo << s}
+}
+
+// keyAddr gives k's tag, its address as a number and the address width.
+func keyAddr(k vkey) (tag byte, addr u128, width uint) {
+	if k.v6 {
+		return tagV6 + k.bits, u128{k.hi, k.lo}, 128
+	}
+	return k.bits, u128{0, k.lo & math.MaxUint32}, 32
+}
+
+// snapWriter appends version 3 decisions, each relative to the one before.
+type snapWriter struct {
+	base int64          // of untils: the snapshot's write time, below every until kept
+	at   int64          // of since codes
+	wire [][2]uint64    // pair index -> the string indices of its two strings
+	n    int            // decisions written
+	tag  byte           // of the previous decision
+	prev vkey           // the previous decision
+	val  vval           // its value
+	last [tagLimit]u128 // by tag: the network number last written
+}
+
+func (w *snapWriter) append(b []byte, k vkey, val vval) []byte {
+	tag, addr, width := keyAddr(k)
+	net := addr.shr(width - uint(k.bits))
+	var head byte
+	if w.n > 0 {
+		head = sameBits
+		if tag != w.tag {
+			head &^= sameTag
+		}
+		if val.until != w.val.until {
+			head &^= sameUntil
+		}
+		if val.label != w.val.label {
+			head &^= sameLabel
+		}
+		if k.combo != w.prev.combo {
+			head &^= sameCombo
+		}
+		if val.since != w.val.since {
+			head &^= sameSince
+		}
+	}
+	lo, borrow := bits.Sub64(net.lo, w.last[tag].lo, 0)
+	hi, borrow := bits.Sub64(net.hi, w.last[tag].hi, borrow)
+	whole := (int(k.bits) + 7) / 8
+	if borrow != 0 || hi != 0 || uvarintLen(lo) > whole {
+		head |= wholeAddr
+	}
+	b = append(b, head)
+	if head&sameTag == 0 {
+		b = append(b, tag)
+	}
+	if head&wholeAddr != 0 {
+		var a [16]byte
+		binary.BigEndian.PutUint64(a[:8], addr.hi)
+		binary.BigEndian.PutUint64(a[8:], addr.lo)
+		b = append(b, a[16-width/8:][:whole]...)
+	} else {
+		b = binary.AppendUvarint(b, lo)
+	}
+	if head&sameUntil == 0 {
+		b = binary.AppendUvarint(b, uint64(val.until)-uint64(w.base))
+	}
+	if head&sameLabel == 0 {
+		l := w.wire[val.label] // (origin, scenario)
+		b = binary.AppendUvarint(binary.AppendUvarint(b, l[0]), l[1])
+	}
+	if head&sameCombo == 0 {
+		c := w.wire[k.combo] // (scope, type)
+		b = binary.AppendUvarint(binary.AppendUvarint(b, c[1]), c[0])
+	}
+	if head&sameSince == 0 {
+		b = binary.AppendUvarint(b, sinceCode(w.at, val.since))
+	}
+	w.n, w.tag, w.prev, w.val, w.last[tag] = w.n+1, tag, k, val, net
+	return b
+}
+
+// decodeSnapshot decodes version 3 decisions into h; r is past the string
+// table, and failures are left in r.err.
+func decodeSnapshot(r *reader, base, at int64, str func() string, h decodeHandler) {
+	n := r.count(minSnapLen)
+	if r.err != nil {
+		return
+	}
+	h.full(n)
+	var (
+		last [tagLimit]u128
+		tag  byte
+		rec  record
+	)
+	for i := range n {
+		head := r.byte()
+		if head&^headBits != 0 || i == 0 && head&sameBits != 0 {
+			r.err = fmt.Errorf("bad head %#x for decision %d", head, i)
+		}
+		if head&sameTag == 0 {
+			tag = r.byte()
+			if tag > 32 && tag < tagV6 || tag >= tagLimit {
+				r.err = fmt.Errorf("bad prefix tag %d", tag)
+			}
+		}
+		if r.err != nil {
+			return
+		}
+		width, plen := uint(32), uint(tag)
+		if tag >= tagV6 {
+			width, plen = 128, uint(tag-tagV6)
+		}
+		var addr, net u128
+		if head&wholeAddr != 0 {
+			var a [16]byte
+			copy(a[16-width/8:], r.bytes(int(plen+7)/8))
+			addr = u128{binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])}
+			net = addr.shr(width - plen)
+			if net.shl(width-plen) != addr {
+				r.err = fmt.Errorf("address %x/%d is not masked", a, plen)
+			}
+		} else {
+			var carry uint64
+			net.lo, carry = bits.Add64(last[tag].lo, r.uvarint(), 0)
+			net.hi, carry = bits.Add64(last[tag].hi, 0, carry)
+			if carry != 0 || net.shr(plen) != (u128{}) {
+				r.err = fmt.Errorf("address delta overflows a /%d", plen)
+			}
+			addr = net.shl(width - plen)
+		}
+		last[tag] = net
+		rec.prefix = vkey{hi: addr.hi, lo: addr.lo, bits: uint8(plen), v6: width == 128}.prefix()
+		if head&sameUntil == 0 {
+			rec.until = int64(uint64(base) + r.uvarint())
+		}
+		if head&sameLabel == 0 {
+			rec.origin, rec.scenario = str(), str()
+		}
+		if head&sameCombo == 0 {
+			rec.typ, rec.scope = str(), str()
+		}
+		if head&sameSince == 0 {
+			rec.since = sinceDecode(at, r.uvarint())
+		}
+		if r.err != nil {
+			return
+		}
+		h.add(rec)
+	}
+}
+
 // encodeBatch encodes b as one value appended at at (unix ms). It fails on
 // a prefix the view could not hold (invalid or not masked), so nothing
 // unreadable is ever written.
@@ -284,20 +498,20 @@ func decodeBatch(data []byte, h decodeHandler) error {
 func decodeBody(data []byte, h decodeHandler) error {
 	r := reader{b: data}
 	version := r.byte()
-	if r.err == nil && version != codecVersion && version != codecVersionV1 {
+	if r.err == nil && (version < codecVersionV1 || version > snapshotVersion) {
 		return r.fail(fmt.Errorf("unknown version %d", version))
 	}
 	flags := r.byte()
-	known := byte(flagFull)
-	if version == codecVersion {
-		known |= flagSince
-	}
-	if flags&^known != 0 {
+	switch {
+	case version == snapshotVersion && flags != flagFull:
+		return r.fail(fmt.Errorf("snapshot flags %#x", flags))
+	case version == codecVersion && flags&^(flagFull|flagSince) != 0,
+		version == codecVersionV1 && flags&^flagFull != 0:
 		return r.fail(fmt.Errorf("unknown flags %#x", flags))
 	}
 	base := r.varint()
 	var at int64
-	if version == codecVersion {
+	if version != codecVersionV1 {
 		at = r.varint()
 	}
 	h.at(at)
@@ -319,6 +533,10 @@ func decodeBody(data []byte, h decodeHandler) error {
 			return ""
 		}
 		return strs[i]
+	}
+	if version == snapshotVersion {
+		decodeSnapshot(&r, base, at, str, h)
+		return r.end()
 	}
 	nNew := r.count(minNewLen)
 	if r.err != nil {
@@ -351,10 +569,7 @@ func decodeBody(data []byte, h decodeHandler) error {
 		}
 		h.del(k)
 	}
-	if r.err == nil && len(r.b) != 0 {
-		r.err = fmt.Errorf("%d trailing bytes", len(r.b))
-	}
-	return r.fail(nil)
+	return r.end()
 }
 
 // reader is a sticky-error cursor: after the first failure every read
@@ -373,6 +588,14 @@ func (r *reader) fail(err error) error {
 		return nil
 	}
 	return fmt.Errorf("%w at byte %d: %w", errDecode, r.off, r.err)
+}
+
+// end is fail for a value read to its end: leftover bytes are an error.
+func (r *reader) end() error {
+	if r.err == nil && len(r.b) != 0 {
+		r.err = fmt.Errorf("%d trailing bytes", len(r.b))
+	}
+	return r.fail(nil)
 }
 
 func (r *reader) short() {

@@ -87,7 +87,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"short", []byte{1, 2}, false},
 		{"bad crc", append(append([]byte{}, body...), 0, 0, 0, 0), false},
 		{"truncated", valid[:len(valid)-5], false},
-		{"version 3", append([]byte{3}, body[1:]...), true},
+		{"version 4", append([]byte{4}, body[1:]...), true},
 		{"version 0", append([]byte{0}, body[1:]...), true},
 		{"unknown flag", append([]byte{2, 4}, body[2:]...), true},
 		{"since flag in version 1", append([]byte{1, 2}, body[2:]...), true},

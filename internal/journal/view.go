@@ -482,27 +482,22 @@ func (v *View) Each(fn func(Decision) bool) {
 }
 
 // encode writes the view's entries still in force at now as a full value
-// (the snapshot). The caller holds at least a read lock or owns v.
+// (the snapshot, format version 3). The caller holds at least a read lock
+// or owns v.
 //
-// A first pass finds the base, the strings in use and a bound on the size,
-// so that the value is written straight into one buffer of about its
-// size: building the body aside and copying it would hold the snapshot
-// twice at the peak.
+// A first pass finds the strings in use, a second the exact size, so that
+// the value is written straight into one buffer of its size: building it
+// aside and copying it would hold the snapshot twice at the peak. The
+// second and the writing go in key order, where neighbours are close and
+// alike.
 func (v *View) encode(now int64) []byte {
-	base, top := int64(math.MaxInt64), int64(math.MinInt64)
-	n, size := 0, 0
+	n := 0
 	used := make([]bool, len(v.strs.pairs.list))
 	for k, val := range v.m.all {
-		if val.until <= now {
-			continue
+		if val.until > now {
+			n++
+			used[k.combo], used[val.label] = true, true
 		}
-		n++
-		base, top = min(base, val.until), max(top, val.until)
-		size += prefixLen(k.bits) + uvarintLen(sinceCode(now, val.since))
-		used[k.combo], used[val.label] = true, true
-	}
-	if n == 0 {
-		base, top = 0, 0
 	}
 	// The string table holds the strings of the pairs in use; wire maps a
 	// pair to its two indices in it.
@@ -524,18 +519,23 @@ func (v *View) encode(now int64) []byte {
 			wire[i][j] = w
 		}
 	}
-	size += n * (uvarintLen(uint64(top)-uint64(base)) + 4*uvarintLen(uint64(len(strs))))
-	out := make([]byte, 0, headerSize(strs)+size+2*binary.MaxVarintLen64+4)
-	out = appendHeader(out, flagFull|flagSince, base, now, strs)
-	out = binary.AppendUvarint(out, uint64(n))
-	for k, val := range v.m.all {
-		if val.until <= now {
-			continue
+	// Every until kept is after now, so now serves as the base.
+	all := v.m.sorted()
+	w := &snapWriter{base: now, at: now, wire: wire}
+	size, scratch := 0, make([]byte, 0, 64)
+	for k, val := range all {
+		if val.until > now {
+			size += len(w.append(scratch[:0], k, val))
 		}
-		l, c := wire[val.label], wire[k.combo] // (origin, scenario), (scope, type)
-		out = appendNew(out, k.prefix(), val.until, base, l[0], l[1], c[1], c[0])
-		out = binary.AppendUvarint(out, sinceCode(now, val.since))
 	}
-	out = binary.AppendUvarint(out, 0) // no deleted keys
+	out := make([]byte, 0, headerSize(strs)+binary.MaxVarintLen64+size+4)
+	out = appendHeader(out, snapshotVersion, flagFull, now, now, strs)
+	out = binary.AppendUvarint(out, uint64(n))
+	w = &snapWriter{base: now, at: now, wire: wire}
+	for k, val := range all {
+		if val.until > now {
+			out = w.append(out, k, val)
+		}
+	}
 	return appendCRC(out)
 }

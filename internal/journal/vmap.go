@@ -263,6 +263,26 @@ func (m *vmap) keep(k vkey) {
 	}
 }
 
+// sorted returns an iterator over m's entries in key order, IPv4 then
+// IPv6 (rare keys last, in no order), for the snapshot, which writes each
+// key as a delta from the one before. It leaves m as it is (its caller may
+// hold only a read lock): the overlays are sorted aside, once for every
+// pass the caller makes.
+func (m *vmap) sorted() func(yield func(vkey, vval) bool) {
+	o4, o6 := m.v4.overSorted(), m.v6.overSorted()
+	return func(yield func(vkey, vval) bool) {
+		if !m.v4.inOrder(o4, func(k key4, s slotVal) bool { return yield(k.vkey(), m.unpack(s)) }) ||
+			!m.v6.inOrder(o6, func(k key6, s slotVal) bool { return yield(k.vkey(), m.unpack(s)) }) {
+			return
+		}
+		for k, s := range m.rare {
+			if !yield(k, m.unpack(s)) {
+				return
+			}
+		}
+	}
+}
+
 func (m *vmap) len() int { return m.v4.len() + m.v6.len() + len(m.rare) }
 
 // all yields every entry; yield may delete the entry it is given, and
@@ -363,17 +383,48 @@ func (t *table[K]) all(yield func(K, slotVal) bool) bool {
 	return true
 }
 
+// inOrder is all in key order: the base merged with ov, the overlay as
+// overSorted gives it. Base and overlay never share a key.
+func (t *table[K]) inOrder(ov []entry[K], yield func(K, slotVal) bool) bool {
+	j := 0
+	for _, e := range t.base {
+		if e.s.label == tomb {
+			continue
+		}
+		for ; j < len(ov) && ov[j].k.cmp(e.k) < 0; j++ {
+			if !yield(ov[j].k, ov[j].s) {
+				return false
+			}
+		}
+		if !yield(e.k, e.s) {
+			return false
+		}
+	}
+	for _, e := range ov[j:] {
+		if !yield(e.k, e.s) {
+			return false
+		}
+	}
+	return true
+}
+
 func cmpEntry[K interface{ cmp(K) int }](a, b entry[K]) int { return a.k.cmp(b.k) }
 
-// merge moves the overlay into the base and drops the tombstones, in
-// place when the base has the room: from the end down, so that no record
-// is overwritten before it is moved.
-func (t *table[K]) merge() {
+// overSorted is the overlay as a slice sorted by key.
+func (t *table[K]) overSorted() []entry[K] {
 	ov := make([]entry[K], 0, len(t.over))
 	for k, s := range t.over {
 		ov = append(ov, entry[K]{k, s})
 	}
 	slices.SortFunc(ov, cmpEntry)
+	return ov
+}
+
+// merge moves the overlay into the base and drops the tombstones, in
+// place when the base has the room: from the end down, so that no record
+// is overwritten before it is moved.
+func (t *table[K]) merge() {
+	ov := t.overSorted()
 	t.over = nil // a map never shrinks: the next overlay starts small
 	t.compact()
 	n := len(t.base)
