@@ -182,7 +182,7 @@ func benchSnapshot(b *testing.B, n int, v6, list bool) {
 		}
 	}
 	v := newView(newStrtab())
-	v.fill(batch.New, untilMS(t0))
+	v.fill(batch, untilMS(t0))
 	var size int
 	for b.Loop() {
 		size = len(v.encode(untilMS(t0)))
