@@ -336,7 +336,7 @@ func TestMemLimitFor(t *testing.T) {
 	}{
 		{0, memLimitFloor},
 		{10 << 20, memLimitFloor},
-		{100 << 20, 166 << 20},
+		{100 << 20, 141 << 20},
 	} {
 		if got := memLimitFor(c.live); got != c.want {
 			t.Errorf("memLimitFor(%d MiB) = %d MiB, want %d MiB", c.live>>20, got>>20, c.want>>20)

@@ -30,7 +30,7 @@ func memLimitFor(live uint64) int64 {
 
 // memLimitGrowthDiv sets how far the heap may grow past the live data
 // before a collection: by live/memLimitGrowthDiv.
-const memLimitGrowthDiv = 2
+const memLimitGrowthDiv = 4
 
 // tuneMemoryLimit sets the soft limit now and again after every GC cycle,
 // until ctx ends. It does nothing when GOMEMLIMIT is set.
