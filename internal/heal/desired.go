@@ -3,6 +3,7 @@ package heal
 import (
 	"cmp"
 	"iter"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -165,25 +166,50 @@ func memoIndex(idx originIndex) originIndex {
 	}
 }
 
-// expectedCounts is, per set, the sorted expiries of its entries, so the
-// number still alive at any instant is one binary search away: the verify
-// pass runs every second and must not walk 100k entries.
-type expectedCounts map[backend.SetKey][]int64
+// expectedCounts is, per set, how many of its entries expire at each
+// instant, so the number still alive at any instant is a binary search and
+// a sum away: the verify pass runs every second and must not walk 100k
+// entries. A blocklist's entries share few expiries (one pull, one
+// receive time): a million of them are a few runs, not 8 MB of
+// timestamps.
+type expectedCounts map[backend.SetKey]*expiries
+
+// expiries are one set's runs: n[i] entries expire at until[i] (unix ns,
+// ascending, each n[i] > 0).
+type expiries struct {
+	until []int64
+	n     []int
+}
 
 // countEntries counts es per set, leaving out the entries skip names (the
 // ones the backend refused: they are not in the kernel and a count that
 // expects them would be repaired forever).
 func countEntries(es iter.Seq[backend.Entry], skip func(backend.Entry) bool) expectedCounts {
-	c := expectedCounts{}
+	runs := map[backend.SetKey]map[int64]int{}
+	var lastKey backend.SetKey
+	var last map[int64]int
 	for e := range es {
 		if skip(e) {
 			continue
 		}
 		k := backend.SetKey{Origin: e.Origin, V6: e.Prefix.Addr().Is6()}
-		c[k] = append(c[k], e.Until.UnixNano())
+		if last == nil || k != lastKey {
+			if last = runs[k]; last == nil {
+				last = map[int64]int{}
+				runs[k] = last
+			}
+			lastKey = k
+		}
+		last[e.Until.UnixNano()]++
 	}
-	for _, us := range c {
-		slices.Sort(us)
+	c := make(expectedCounts, len(runs))
+	for k, m := range runs {
+		x := &expiries{until: slices.Sorted(maps.Keys(m))}
+		x.n = make([]int, len(x.until))
+		for i, u := range x.until {
+			x.n[i] = m[u]
+		}
+		c[k] = x
 	}
 	return c
 }
@@ -191,8 +217,10 @@ func countEntries(es iter.Seq[backend.Entry], skip func(backend.Entry) bool) exp
 // total is the number of entries counted.
 func (c expectedCounts) total() int {
 	n := 0
-	for _, us := range c {
-		n += len(us)
+	for _, x := range c {
+		for _, k := range x.n {
+			n += k
+		}
 	}
 	return n
 }
@@ -200,9 +228,9 @@ func (c expectedCounts) total() int {
 // latest is the furthest expiry counted (zero when none).
 func (c expectedCounts) latest() time.Time {
 	var ns int64
-	for _, us := range c {
-		if len(us) > 0 {
-			ns = max(ns, us[len(us)-1])
+	for _, x := range c {
+		if len(x.until) > 0 {
+			ns = max(ns, x.until[len(x.until)-1])
 		}
 	}
 	if ns == 0 {
@@ -225,18 +253,21 @@ func latestUntil(es []backend.Entry) time.Time {
 // drop removes refused entries: they are not in the kernel.
 func (c expectedCounts) drop(rs []backend.Rejection) {
 	for _, r := range rs {
-		k := backend.SetKey{Origin: r.Entry.Origin, V6: r.Entry.Prefix.Addr().Is6()}
-		us := c[k]
-		if len(us) == 0 {
+		x := c[backend.SetKey{Origin: r.Entry.Origin, V6: r.Entry.Prefix.Addr().Is6()}]
+		if x == nil || len(x.until) == 0 {
 			continue
 		}
-		// A backend may not say the entry's expiry: then drop the latest,
-		// which only ever makes the count expected earlier a lower one.
-		i, ok := slices.BinarySearch(us, r.Entry.Until.UnixNano())
+		// A backend may not say the entry's expiry: then drop one of the
+		// latest, which only ever makes the count expected earlier a
+		// lower one.
+		i, ok := slices.BinarySearch(x.until, r.Entry.Until.UnixNano())
 		if !ok {
-			i = len(us) - 1
+			i = len(x.until) - 1
 		}
-		c[k] = slices.Delete(us, i, i+1)
+		if x.n[i]--; x.n[i] == 0 {
+			x.until = slices.Delete(x.until, i, i+1)
+			x.n = slices.Delete(x.n, i, i+1)
+		}
 	}
 }
 
@@ -246,9 +277,13 @@ func (c expectedCounts) drop(rs []backend.Rejection) {
 func (c expectedCounts) want(now time.Time, slack time.Duration) map[backend.SetKey]int {
 	cut := now.Add(slack).UnixNano()
 	w := make(map[backend.SetKey]int, len(c))
-	for k, us := range c {
-		i, _ := slices.BinarySearch(us, cut+1)
-		w[k] = len(us) - i
+	for k, x := range c {
+		i, _ := slices.BinarySearch(x.until, cut+1)
+		n := 0
+		for _, k := range x.n[i:] {
+			n += k
+		}
+		w[k] = n
 	}
 	return w
 }
