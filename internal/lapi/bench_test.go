@@ -1,6 +1,7 @@
 package lapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -162,4 +163,21 @@ func BenchmarkPullBatch1M(b *testing.B) {
 func pullBatch(c *Client) (journal.Batch, error) {
 	batch, _, _, err := c.PullBatch(context.Background(), true, NormalizeOptions{}, nil)
 	return batch, err
+}
+
+// BenchmarkDecodeStream100k is PullBatch's decode and normalize alone, from
+// a body in memory: the part of a pull that is ours, without HTTP.
+func BenchmarkDecodeStream100k(b *testing.B) {
+	body := []byte(benchBody(100_000))
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		n := newNormalizer(NormalizeOptions{})
+		if err := n.decodeStream(bytes.NewReader(body)); err != nil {
+			b.Fatal(err)
+		}
+		if batch, _, _ := n.result(); len(batch.New) != 100_000 {
+			b.Fatalf("kept %d", len(batch.New))
+		}
+	}
 }
