@@ -36,9 +36,9 @@ const (
 	elementDepth = 3 // a decision object
 )
 
-// minWindow is the window's initial size: large enough that few elements
-// straddle a refill, small enough to stay in cache.
-const minWindow = 64 << 10
+// minWindow is the window's initial size: a pipe write of readBlock in one
+// read.
+const minWindow = readBlock
 
 // scanStatus is a scan's outcome on the bytes the window holds so far.
 type scanStatus uint8
