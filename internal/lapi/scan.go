@@ -36,9 +36,9 @@ const (
 	elementDepth = 3 // a decision object
 )
 
-// minWindow is the window's initial size: a pipe write of readBlock in one
-// read.
-const minWindow = readBlock
+// minWindow is the window's initial size: room for what the socket gathers
+// while the window is decoded, taken in one read.
+const minWindow = 256 << 10
 
 // scanStatus is a scan's outcome on the bytes the window holds so far.
 type scanStatus uint8
