@@ -36,9 +36,11 @@ const (
 	elementDepth = 3 // a decision object
 )
 
-// minWindow is the window's initial size: room for what the socket gathers
-// while the window is decoded, taken in one read.
-const minWindow = 256 << 10
+// minWindow is the window's initial size: large enough that few elements
+// straddle a refill and that a read can take more than the transport's
+// buffer holds (at 1x readBufferSize a 100k pull took 15% longer, at 4x no
+// less than at 2x), small enough to stay in cache.
+const minWindow = 2 * readBufferSize
 
 // scanStatus is a scan's outcome on the bytes the window holds so far.
 type scanStatus uint8
