@@ -1,6 +1,7 @@
 package lapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -209,4 +210,44 @@ func BenchmarkPullAppendFull1M(b *testing.B) {
 	}
 	b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MB")
 	b.ReportMetric(float64(retained)/(1<<20), "retained-MB")
+}
+
+// BenchmarkDecodeStream100k is PullBatch's decode and normalize alone, from
+// a body in memory: the part of a pull that is ours, without HTTP.
+func BenchmarkDecodeStream100k(b *testing.B) { decodeBench(b, benchBody(100_000)) }
+
+// BenchmarkDecodeStream100kIPv6 is BenchmarkDecodeStream100k with IPv6
+// addresses, which netip parses.
+func BenchmarkDecodeStream100kIPv6(b *testing.B) {
+	decodeBench(b, benchBodyV6(100_000))
+}
+
+// benchBodyV6 is benchBody with Ip bans in 2001:db8::/32.
+func benchBodyV6(n int) string {
+	var sb strings.Builder
+	sb.WriteString(`{"deleted":null,"new":[`)
+	for i := range n {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		fmt.Fprintf(&sb, `{"duration":"23h59m58.%09ds","id":%d,"origin":"lists","scenario":"lists:firehol_level1","scope":"Ip","type":"ban","value":"2001:db8::%x:%x"}`,
+			i, i+1, i>>16, i&0xffff)
+	}
+	sb.WriteString(`]}`)
+	return sb.String()
+}
+
+func decodeBench(b *testing.B, s string) {
+	body := []byte(s)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		n := newNormalizer(NormalizeOptions{})
+		if err := n.decodeStream(bytes.NewReader(body)); err != nil {
+			b.Fatal(err)
+		}
+		if batch, _, _ := n.result(); batch.NewLen() != 100_000 {
+			b.Fatalf("kept %d", batch.NewLen())
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -99,6 +100,7 @@ func NewClient(cfg ClientConfig, logger *slog.Logger) (*Client, error) {
 	if err := sb.Init(); err != nil {
 		return nil, fmt.Errorf("lapi client for %s: %w", cfg.APIURL, err)
 	}
+	setReadBuffer(sb.APIClient.GetClient())
 	c := &Client{api: sb.APIClient, opts: sb.Opts, idle: cfg.IdleTimeout, maxBody: cfg.MaxResponseBytes}
 	if c.idle <= 0 {
 		c.idle = DefaultIdleTimeout
@@ -107,6 +109,31 @@ func NewClient(cfg ClientConfig, logger *slog.Logger) (*Client, error) {
 		c.maxBody = DefaultMaxResponseBytes
 	}
 	return c, nil
+}
+
+// readBufferSize is the transport's read buffer per connection. LAPI
+// streams a startup answer in 2 KiB HTTP chunks, which the chunked reader
+// takes through that buffer: at the default 4 KiB, a read syscall for every
+// 4 KiB, ~3600 for a 100k-decision answer.
+const readBufferSize = 64 << 10
+
+// setReadBuffer sets the read buffer of the transports go-cs-bouncer
+// builds: an APIKeyTransport over http.DefaultTransport (given a copy of
+// its own, the global one left alone) or over an *http.Transport, or an
+// *http.Transport for certificate auth.
+func setReadBuffer(hc *http.Client) {
+	t := hc.Transport
+	if k, ok := t.(*apiclient.APIKeyTransport); ok {
+		if k.Transport == nil {
+			if d, ok := http.DefaultTransport.(*http.Transport); ok {
+				k.Transport = d.Clone()
+			}
+		}
+		t = k.Transport
+	}
+	if ht, ok := t.(*http.Transport); ok {
+		ht.ReadBufferSize = readBufferSize
+	}
 }
 
 // APIClient returns go-cs-bouncer's API client, for the usage-metrics push.

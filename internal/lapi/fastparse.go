@@ -17,7 +17,12 @@ package lapi
 // normalizer to parse, and the repeated strings (origin, scenario, scope,
 // type) are looked up in the interning table without allocating.
 
-import "encoding/json"
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"math/bits"
+)
 
 // maxFastIDDigits: ids with more digits go to encoding/json, which decides
 // whether they fit an int64.
@@ -29,9 +34,68 @@ type element struct {
 	n    *normalizer
 	w    wireDecision
 	null bool
-	// the last interned origin, scenario, scope and type: a blocklist
-	// repeats them in every element, and comparing is cheaper than hashing
-	last struct{ origin, scenario, scope, typ string }
+	// the last interned value of each shared field: a blocklist repeats
+	// them in every element, and comparing is cheaper than hashing
+	last [numShared]string
+	run  runMemo
+}
+
+// The shared fields: origin, scenario, scope and type, which a blocklist's
+// elements all have alike.
+const (
+	sharedOrigin = iota
+	sharedScenario
+	sharedScope
+	sharedType
+	numShared
+)
+
+func (w *wireDecision) shared(k int) *jsonString {
+	return [numShared]*jsonString{&w.Origin, &w.Scenario, &w.Scope, &w.Type}[k]
+}
+
+// maxRun bounds the run the element parser keeps.
+const maxRun = 1024
+
+// runMemo is the last element's first run of consecutive shared members
+// (`"origin":"lists","scenario":"lists:x","scope":"Ip","type":"ban"` in
+// LAPI's key order): its bytes, from the first key's quote to the end of
+// the last value, and the fields it set. The bytes decide what parsing
+// them does, so an element holding the same bytes at the start of a member
+// gets the same fields without parsing them: one comparison instead of
+// four keys and four values.
+type runMemo struct {
+	b    []byte
+	set  [numShared]bool
+	vals [numShared]jsonString
+}
+
+// replay applies the run if b, at the start of a member, begins with it,
+// and returns its length (0 if not).
+func (m *runMemo) replay(b []byte, w *wireDecision) int {
+	if len(m.b) == 0 || len(b) < len(m.b) || b[1] != m.b[1] || !bytes.Equal(b[:len(m.b)], m.b) {
+		return 0
+	}
+	for k, set := range m.set {
+		if set {
+			*w.shared(k) = m.vals[k]
+		}
+	}
+	return len(m.b)
+}
+
+// keep records run, followed by what came before the next member or the
+// closing brace, which set the fields in set to their values in w.
+func (m *runMemo) keep(run []byte, set [numShared]bool, w *wireDecision) {
+	run = trimRun(run)
+	if len(run) > maxRun {
+		return
+	}
+	m.b = append(m.b[:0], run...)
+	m.set = set
+	for k := range numShared {
+		m.vals[k] = *w.shared(k)
+	}
 }
 
 // decodeSlow decodes b, one element that skipValue has validated, with
@@ -73,54 +137,104 @@ func (e *element) scan(b []byte) (int, scanStatus) {
 	if b[i] == '}' {
 		return i + 1, scanOK
 	}
+	// The element's first run of shared members is replayed or kept for
+	// the next element; a run kept mid-element is kept even if the element
+	// turns out incomplete or slow: its bytes alone decide what it sets.
+	runStart, kept := -1, false
+	var runSet [numShared]bool
 	for {
-		key, j, st := plainString(b, i)
-		if st != scanOK {
-			return j, st
-		}
-		i = skipSpace(b, j)
-		if i >= len(b) {
-			return i, scanMore
-		}
-		if b[i] != ':' {
-			return i, scanSlow
-		}
-		i = skipSpace(b, i+1)
-		switch string(key) {
-		case "duration":
-			i, st = e.stringField(b, i, &w.Duration, nil)
-		case "value":
-			i, st = e.stringField(b, i, &w.Value, nil)
-		case "origin":
-			i, st = e.stringField(b, i, &w.Origin, &e.last.origin)
-		case "scenario":
-			i, st = e.stringField(b, i, &w.Scenario, &e.last.scenario)
-		case "scope":
-			i, st = e.stringField(b, i, &w.Scope, &e.last.scope)
-		case "type":
-			i, st = e.stringField(b, i, &w.Type, &e.last.typ)
-		case "simulated":
-			i, st = boolField(b, i, &w.Simulated)
-		case "id":
-			i, st = intField(b, i)
-		case "uuid", "until":
-			i, st = anyStringField(b, i)
-		default:
-			if knownKey(key) {
-				// another spelling of a field: encoding/json's case folding
-				return i, scanSlow
+		var st scanStatus
+		if k := e.run.replay(b[i:], w); k > 0 {
+			i, kept = i+k, true
+		} else {
+			start, shared := i, -1
+			if i, shared, st = e.member(b, i); st != scanOK {
+				return i, st
 			}
-			i, st = skipValue(b, i, elementDepth)
-			st = fast(st)
-		}
-		if st != scanOK {
-			return i, st
+			switch {
+			case kept:
+			case shared >= 0:
+				if runStart < 0 {
+					runStart = start
+				}
+				runSet[shared] = true
+			case runStart >= 0:
+				e.run.keep(b[runStart:start], runSet, w)
+				kept = true
+			}
 		}
 		var done bool
 		if i, done, st = afterMember(b, i, '}', scanSlow); st != scanOK || done {
+			if st == scanOK && !kept && runStart >= 0 {
+				e.run.keep(b[runStart:i-1], runSet, w) // the run went on to the '}'
+			}
 			return i, st
 		}
 	}
+}
+
+// trimRun drops the spaces and comma after a run's last value, which ends
+// in neither.
+func trimRun(run []byte) []byte {
+	for len(run) > 0 {
+		switch run[len(run)-1] {
+		case ' ', '\t', '\n', '\r', ',':
+			run = run[:len(run)-1]
+		default:
+			return run
+		}
+	}
+	return run
+}
+
+// member parses the member at b[i] into the wire struct and returns the
+// index after its value and which shared field it set (-1 for none).
+func (e *element) member(b []byte, i int) (int, int, scanStatus) {
+	w := &e.w
+	key, j, st := plainString(b, i)
+	if st != scanOK {
+		return j, -1, st
+	}
+	i = skipSpace(b, j)
+	if i >= len(b) {
+		return i, -1, scanMore
+	}
+	if b[i] != ':' {
+		return i, -1, scanSlow
+	}
+	i = skipSpace(b, i+1)
+	shared := -1
+	switch string(key) {
+	case "duration":
+		i, st = e.stringField(b, i, &w.Duration, nil)
+	case "value":
+		i, st = e.stringField(b, i, &w.Value, nil)
+	case "origin":
+		shared = sharedOrigin
+	case "scenario":
+		shared = sharedScenario
+	case "scope":
+		shared = sharedScope
+	case "type":
+		shared = sharedType
+	case "simulated":
+		i, st = boolField(b, i, &w.Simulated)
+	case "id":
+		i, st = intField(b, i)
+	case "uuid", "until":
+		i, st = anyStringField(b, i)
+	default:
+		if knownKey(key) {
+			// another spelling of a field: encoding/json's case folding
+			return i, -1, scanSlow
+		}
+		i, st = skipValue(b, i, elementDepth)
+		st = fast(st)
+	}
+	if shared >= 0 {
+		i, st = e.stringField(b, i, w.shared(shared), &e.last[shared])
+	}
+	return i, shared, st
 }
 
 // fast turns the validator's scanBad into the element parser's scanSlow.
@@ -175,7 +289,18 @@ func plainString(b []byte, i int) (s []byte, next int, st scanStatus) {
 	if b[i] != '"' {
 		return nil, i, scanSlow
 	}
-	for j := i + 1; j < len(b); j++ {
+	j := i + 1
+	// eight bytes at a time: most strings end within one or two words
+	for ; j+8 <= len(b); j += 8 {
+		if m := specialBytes(binary.LittleEndian.Uint64(b[j:])); m != 0 {
+			j += bits.TrailingZeros64(m) / 8
+			if b[j] == '"' {
+				return b[i+1 : j], j + 1, scanOK
+			}
+			return nil, j, scanSlow
+		}
+	}
+	for ; j < len(b); j++ {
 		switch c := b[j]; {
 		case c == '"':
 			return b[i+1 : j], j + 1, scanOK
@@ -184,6 +309,21 @@ func plainString(b []byte, i int) (s []byte, next int, st scanStatus) {
 		}
 	}
 	return nil, len(b), scanMore
+}
+
+const (
+	ones = 0x0101010101010101
+	high = 0x8080808080808080
+)
+
+// specialBytes sets the high bit of each byte of x (little-endian) that
+// ends or spoils a plain string: '"', '\\', a control character or a byte
+// >= 0x80. A byte above the first flagged one may be flagged wrongly (a
+// borrow), never the first, which is all plainString looks at.
+func specialBytes(x uint64) uint64 {
+	q := x ^ (ones * '"')
+	s := x ^ (ones * '\\')
+	return ((q-ones)&^q | (s-ones)&^s | (x-ones*0x20)&^x | x) & high
 }
 
 // stringField sets a string field from null or a plain string. With a

@@ -365,7 +365,7 @@ func (n *normalizer) common(d *fields) (key journal.Key, reason string, keep boo
 		}
 	case strings.EqualFold(d.Scope.s, journal.ScopeRange):
 		key.Scope = journal.ScopeRange
-		if p, reason = parseRange(d.Value.text()); reason != "" {
+		if p, reason = parseRange(d.Value.view()); reason != "" {
 			return key, reason, false
 		}
 	default:
@@ -506,7 +506,7 @@ func parseIP(v *jsonString) (netip.Prefix, string) {
 	if a, ok := dottedQuad(v.b); ok {
 		return netip.PrefixFrom(a, 32), ""
 	}
-	s := v.text()
+	s := v.view()
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		p, perr := netip.ParsePrefix(s)

@@ -37,8 +37,10 @@ const (
 )
 
 // minWindow is the window's initial size: large enough that few elements
-// straddle a refill, small enough to stay in cache.
-const minWindow = 64 << 10
+// straddle a refill and that a read can take more than the transport's
+// buffer holds (at 1x readBufferSize a 100k pull took 15% longer, at 4x no
+// less than at 2x), small enough to stay in cache.
+const minWindow = 2 * readBufferSize
 
 // scanStatus is a scan's outcome on the bytes the window holds so far.
 type scanStatus uint8

@@ -243,3 +243,33 @@ func TestPullBatchTruncatedBody(t *testing.T) {
 		}
 	}
 }
+
+// TestPlainStringEveryByte: plainString's word-at-a-time scan stops where a
+// byte-at-a-time scan does, for every byte at every offset in a word and
+// whatever follows it.
+func TestPlainStringEveryByte(t *testing.T) {
+	ref := func(b []byte) (int, scanStatus) {
+		for j := 1; j < len(b); j++ {
+			switch c := b[j]; {
+			case c == '"':
+				return j + 1, scanOK
+			case c == '\\' || c < 0x20 || c >= 0x80:
+				return j, scanSlow
+			}
+		}
+		return len(b), scanMore
+	}
+	for off := range 18 {
+		for c := range 256 {
+			for _, tail := range []string{"", `"`, "\x00\xff\\", "abcdefghij\"", "\x1f\x20\x21\x7f\x80"} {
+				b := []byte(`"` + strings.Repeat("a", off) + string(rune(0)) + tail)
+				b[1+off] = byte(c)
+				_, j, st := plainString(b, 0)
+				wj, wst := ref(b)
+				if j != wj || st != wst {
+					t.Fatalf("%q: plainString %d %v, want %d %v", b, j, st, wj, wst)
+				}
+			}
+		}
+	}
+}

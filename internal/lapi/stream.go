@@ -1,6 +1,8 @@
 package lapi
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 )
@@ -19,7 +22,7 @@ import (
 // but not an object.
 var errNotObject = fmt.Errorf("%w: not a JSON object", ErrMalformedResponse)
 
-// errAbandoned stops apiclient's body copy when PullBatch no longer reads it.
+// errAbandoned ends apiclient's body copy when PullBatch no longer reads it.
 var errAbandoned = errors.New("decisions stream abandoned by the decoder")
 
 // maxTrailing bounds what PullBatch drains after the response object (LAPI
@@ -82,32 +85,30 @@ func (c *Client) pullBatch(ctx context.Context, startup bool, opts NormalizeOpti
 		return journal.Batch{}, nil, Stats{}, fmt.Errorf("prepare request: %w", err)
 	}
 
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
+	h := newBodyHandoff()
 	go func() {
-		// Do runs CheckResponse before copying: an HTTP error closes the
-		// pipe with that error before any byte, and the decoder reports it.
-		resp, err := c.api.Do(ctx, req, pw)
+		// Do runs CheckResponse before copying: an HTTP error ends the
+		// handoff with that error before any byte, and the decoder reports it.
+		resp, err := c.api.Do(ctx, req, h)
 		if err != nil && resp != nil && resp.Response != nil {
 			err = statusError(resp.Response.StatusCode, err)
 		}
-		pw.CloseWithError(err) // nil: a clean EOF
-		done <- err
+		h.finish(err) // nil: a clean EOF
 	}()
 
 	n := newNormalizer(opts)
-	src := &clockReader{r: pr, now: now, n: n, idle: idle, idleFor: c.idle, limit: c.maxBody}
+	src := &clockReader{r: h, now: now, n: n, idle: idle, idleFor: c.idle, limit: c.maxBody}
 	err = n.decodeStream(src)
 	if err == nil {
 		// Let the rest of the body through so Do returns with the body
 		// read to its end; an error there cannot undo a complete object
 		// (Pull ignores what follows the object too).
-		_, _ = io.Copy(io.Discard, io.LimitReader(pr, maxTrailing))
+		_, _ = io.Copy(io.Discard, io.LimitReader(h, maxTrailing))
 	} else {
 		cancel(nil)
 	}
-	pr.CloseWithError(errAbandoned)
-	<-done
+	h.abandon()
+	<-h.done
 	if cause := context.Cause(ctx); err != nil && cause == stalled {
 		return journal.Batch{}, nil, Stats{}, stalled
 	}
@@ -121,6 +122,89 @@ func (c *Client) pullBatch(ctx context.Context, startup bool, opts NormalizeOpti
 	}
 	b, rej, stats := n.result()
 	return b, rej, stats, nil
+}
+
+// bodyHandoff lets the decoder read the response body itself, in its own
+// goroutine: apiclient's Do copies the body into the writer it is given,
+// io.Copy passes the body to ReadFrom, and ReadFrom hands it over and waits
+// until the decoder has read it to its end or abandoned it. The decoder
+// reads when its window runs out, taking what the transport gathered
+// meanwhile in one read, straight into the window. (Through an io.Pipe,
+// Do's goroutine read ahead as soon as the decoder took a block, so each
+// read took little, and every block was copied once more and handed over
+// with two goroutine switches.)
+type bodyHandoff struct {
+	body      chan io.Reader // ReadFrom to the decoder
+	released  chan struct{}  // the decoder read the body to its end
+	abandoned chan struct{}  // closed: the decoder reads no more
+	done      chan struct{}  // closed when Do has returned, with err set
+	err       error
+	cur       io.Reader // the body being read (decoder's side)
+}
+
+func newBodyHandoff() *bodyHandoff {
+	return &bodyHandoff{
+		body:      make(chan io.Reader),
+		released:  make(chan struct{}),
+		abandoned: make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+}
+
+// ReadFrom runs in Do's goroutine and returns once the decoder is done
+// with r, which Do then closes.
+func (h *bodyHandoff) ReadFrom(r io.Reader) (int64, error) {
+	select {
+	case h.body <- r:
+	case <-h.abandoned:
+		return 0, errAbandoned
+	}
+	select {
+	case <-h.released:
+		return 0, nil
+	case <-h.abandoned:
+		return 0, errAbandoned
+	}
+}
+
+// Write serves a body that io.Copy does not pass to ReadFrom, an
+// io.WriterTo (http.NoBody writes nothing), the same way.
+func (h *bodyHandoff) Write(p []byte) (int, error) {
+	if _, err := h.ReadFrom(bytes.NewReader(p)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// finish records Do's result: the decoder's reads return err (io.EOF for
+// nil) once the handed-over bodies are read.
+func (h *bodyHandoff) finish(err error) {
+	h.err = err
+	close(h.done)
+}
+
+// abandon releases Do's goroutine when the decoder stops reading.
+func (h *bodyHandoff) abandon() { close(h.abandoned) }
+
+// Read is the decoder's side.
+func (h *bodyHandoff) Read(p []byte) (int, error) {
+	for {
+		if h.cur == nil {
+			select {
+			case h.cur = <-h.body:
+			case <-h.done:
+				return 0, cmp.Or(h.err, io.EOF)
+			}
+		}
+		k, err := h.cur.Read(p)
+		if err == io.EOF {
+			h.cur, err = nil, nil
+			h.released <- struct{}{}
+		}
+		if k > 0 || err != nil || len(p) == 0 {
+			return k, err
+		}
+	}
 }
 
 // streamURL builds the same path and query as apiclient's GetStream
@@ -490,6 +574,18 @@ func (j *jsonString) text() string {
 		return j.s
 	}
 	return string(j.b)
+}
+
+// view is the field's string without a copy, for netip's parsers: a
+// value in the window (an IPv6 address, a range) would otherwise cost an
+// allocation each. It must not outlive the element; netip keeps nothing of
+// its input but in errors, which parseIP and parseRange drop (a zone,
+// refused anyway, is copied by unique.Make).
+func (j *jsonString) view() string {
+	if j.s != "" || len(j.b) == 0 {
+		return j.s
+	}
+	return unsafe.String(&j.b[0], len(j.b))
 }
 
 // UnmarshalJSON implements json.Unmarshaler.

@@ -1,6 +1,7 @@
 package lapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -486,5 +488,31 @@ func TestPullBatchInterns(t *testing.T) {
 			unsafeStringData(d.Type) != unsafeStringData(b.New[0].Type) {
 			t.Fatalf("strings not interned: %+v", d)
 		}
+	}
+}
+
+// TestBodyHandoffPaths: the decoder reads the same body whether io.Copy
+// hands it to ReadFrom (the transport's bodies) or writes it through Write
+// (an io.WriterTo body), and sees Do's error once the body is read.
+func TestBodyHandoffPaths(t *testing.T) {
+	body := benchBody(1000)
+	for name, src := range map[string]io.Reader{
+		"ReadFrom": iotest.HalfReader(strings.NewReader(body)), // not an io.WriterTo
+		"Write":    strings.NewReader(body),
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newBodyHandoff()
+			cut := errors.New("cut")
+			go func() {
+				_, err := io.Copy(h, src)
+				h.finish(cmp.Or(err, cut))
+			}()
+			got, err := io.ReadAll(h)
+			h.abandon()
+			<-h.done
+			if string(got) != body || !errors.Is(err, cut) {
+				t.Fatalf("read %d of %d bytes, err %v", len(got), len(body), err)
+			}
+		})
 	}
 }
