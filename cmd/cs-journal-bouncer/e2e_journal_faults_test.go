@@ -150,8 +150,9 @@ func TestE2EJournalDiskFullDuring100kSync(t *testing.T) {
 	}
 	l.CSCLI(t, "decisions", "import", "-i", csvPath)
 
-	// 4 MiB of tmpfs, all but 256 KiB taken by a filler: room for an empty
-	// journal, not for 100k bans (about 13 bytes each).
+	// 4 MiB of tmpfs, all but 96 KiB taken by a filler: room for an empty
+	// journal, not for 100k bans (their snapshot alone is ≈200 KB: these
+	// consecutive addresses cost about 2 bytes each).
 	m := newPrivateMounts(t)
 	dir := filepath.Join(t.TempDir(), "journal")
 	if err := os.Mkdir(dir, 0o700); err != nil {
@@ -159,7 +160,7 @@ func TestE2EJournalDiskFullDuring100kSync(t *testing.T) {
 	}
 	m.sh(t, "mount -t tmpfs -o size=4m,mode=0700 tmpfs "+dir)
 	filler := filepath.Join(dir, "filler")
-	if err := os.WriteFile(m.path(filler), make([]byte, 4<<20-256<<10), 0o600); err != nil {
+	if err := os.WriteFile(m.path(filler), make([]byte, 4<<20-96<<10), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	m.runDaemonInside(t)

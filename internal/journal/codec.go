@@ -240,9 +240,6 @@ func uvarintLen(x uint64) int {
 	return n
 }
 
-// prefixLen is the length of appendPrefix(nil, p) for a prefix of bits.
-func prefixLen(bits uint8) int { return 1 + (int(bits)+7)/8 }
-
 // sinceCode packs since relative to at: 0 is unknown, and a since after at
 // (a clock that stepped back) still round-trips through the zigzag.
 func sinceCode(at, since int64) uint64 {
