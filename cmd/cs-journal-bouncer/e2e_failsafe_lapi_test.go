@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -194,5 +195,30 @@ func TestE2EBadDecisionRejectedAlone(t *testing.T) {
 	b.waitLog(t, "LAPI rejected our API key", within)
 	if pings(t, p, p.Banned4) {
 		t.Fatal("a refused key lifted the ban")
+	}
+}
+
+// The LAPI client is built beside the boot replay, never in its way. One
+// that cannot be built (a client certificate that does not load) is still
+// a start-up error: exit 1 naming the cause, not a pull retried forever.
+func TestE2EUnloadableClientCertExits(t *testing.T) {
+	if !e2eSetup(t) {
+		return
+	}
+	dir := t.TempDir()
+	cert, key := dir+"/client.pem", dir+"/client-key.pem"
+	for _, f := range []string{cert, key} {
+		if err := os.WriteFile(f, []byte("not PEM\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := writeConfig(t, nil, bouncerOpts{URL: "https://127.0.0.1:1/", Key: `""`,
+		Extra: fmt.Sprintf("cert_path: %s\nkey_path: %s\n", cert, key)})
+	b := launch(t, cfg)
+	if code := b.wait(t, 30*time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1:\n%s", code, tail(b.out.String(), 20))
+	}
+	if out := b.out.String(); !strings.Contains(out, "lapi client") || !strings.Contains(out, "unable to load certificate") {
+		t.Fatalf("the exit does not name the client certificate:\n%s", tail(out, 20))
 	}
 }

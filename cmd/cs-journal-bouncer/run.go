@@ -71,20 +71,14 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	defer stopMem()
 	go func() { _ = tuneMemoryLimit(memCtx, log) }()
 	log.Info("starting", "version", version, "mode", cfg.Mode, "journal", cfg.JournalPath)
-	// Building the LAPI client loads the system's CA certificates (≈30 ms):
-	// done beside the journal load, it stays off the path to enforcing.
-	clientc := make(chan result[*lapi.Client], 1)
-	go func() {
-		c, err := lapi.NewClient(lapi.ClientConfig{
-			APIURL: cfg.APIURL, APIKey: cfg.APIKey,
-			CertPath: cfg.CertPath, KeyPath: cfg.KeyPath, CACertPath: cfg.CACertPath,
-			InsecureSkipVerify: cfg.InsecureSkipVerify,
-			UserAgent:          "cs-journal-bouncer/" + version,
-			Scopes:             cfg.Scopes, Origins: cfg.Origins,
-			ScenariosContaining: cfg.ScenariosContaining, ScenariosNotContaining: cfg.ScenariosNotContaining,
-		}, log)
-		clientc <- result[*lapi.Client]{c, err}
-	}()
+	client := buildClient(lapi.ClientConfig{
+		APIURL: cfg.APIURL, APIKey: cfg.APIKey,
+		CertPath: cfg.CertPath, KeyPath: cfg.KeyPath, CACertPath: cfg.CACertPath,
+		InsecureSkipVerify: cfg.InsecureSkipVerify,
+		UserAgent:          "cs-journal-bouncer/" + version,
+		Scopes:             cfg.Scopes, Origins: cfg.Origins,
+		ScenariosContaining: cfg.ScenariosContaining, ScenariosNotContaining: cfg.ScenariosNotContaining,
+	}, log)
 
 	// A journal that cannot be written is still enforced (from memory, with
 	// /health degraded); the enforcer retries writing it.
@@ -108,10 +102,6 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	}
 	logInForce(log, cfg, be, j.Origins())
 	mon, wake := newMonitor(be, log)
-	client, err := (<-clientc).get()
-	if err != nil {
-		return fmt.Errorf("lapi client: %w", err)
-	}
 	p := &puller{
 		client: client, log: log.With("component", "lapi"),
 		norm: lapi.NormalizeOptions{
@@ -177,6 +167,13 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	if err := sdnotify.Ready(fmt.Sprintf("enforcing %d bans from the journal", j.View().Len())); err != nil {
 		log.Warn("systemd notify failed", "err", err)
 	}
+	// A client that cannot be built is a start-up error; a stop meanwhile
+	// is a stop, shut down below like any other.
+	api, err := client.wait(gctx)
+	if err != nil && gctx.Err() == nil {
+		cancelBoot()
+		return errors.Join(err, ignoreCanceled(g.Wait()))
+	}
 
 	g.Go(func() (err error) {
 		// A bug must not end the process without a word in the log; the
@@ -198,7 +195,9 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	})
 	g.Go(func() error { return sdnotify.RunWatchdog(gctx, enf.Heartbeat, log) })
 	g.Go(func() error { return onHangup(gctx, hup, cfg, log) })
-	g.Go(func() error { return metrics.RunUsageMetrics(gctx, client.APIClient(), src, log) })
+	if api != nil {
+		g.Go(func() error { return metrics.RunUsageMetrics(gctx, api.APIClient(), src, log) })
+	}
 	if cfg.Prometheus.Enabled {
 		addr := net.JoinHostPort(cfg.Prometheus.ListenAddr, strconv.Itoa(cfg.Prometheus.ListenPort))
 		g.Go(func() error { return metrics.ListenAndServe(gctx, addr, metrics.NewHandler(m), log) })
@@ -252,12 +251,72 @@ func toSet(xs []string) map[string]bool {
 }
 
 // result carries a value and its error across a channel.
-type result[T any] struct {
-	v   T
-	err error
+// lateClient is the LAPI client while go-cs-bouncer builds it: that loads
+// the system's CA certificates (≈30 ms), even for an http:// LAPI, and
+// neither the journal's boot replay nor the process start should wait for
+// it. A pull waits; counters read zero until it is there.
+type lateClient struct {
+	ready chan struct{}
+	c     *lapi.Client
+	err   error
 }
 
-func (r result[T]) get() (T, error) { return r.v, r.err }
+func buildClient(cfg lapi.ClientConfig, log *slog.Logger) *lateClient {
+	l := &lateClient{ready: make(chan struct{})}
+	go func() {
+		l.c, l.err = lapi.NewClient(cfg, log)
+		if l.err != nil {
+			l.err = fmt.Errorf("lapi client: %w", l.err)
+		}
+		close(l.ready)
+	}()
+	return l
+}
+
+// wait returns the client once built.
+func (l *lateClient) wait(ctx context.Context) (*lapi.Client, error) {
+	select {
+	case <-l.ready:
+		return l.c, l.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// built returns the client if it is built, else nil.
+func (l *lateClient) built() *lapi.Client {
+	select {
+	case <-l.ready:
+		return l.c
+	default:
+		return nil
+	}
+}
+
+// PullBatch implements decisionSource.
+func (l *lateClient) PullBatch(ctx context.Context, startup bool, opts lapi.NormalizeOptions, now func() time.Time) (journal.Batch, []lapi.Rejection, lapi.Stats, error) {
+	c, err := l.wait(ctx)
+	if err != nil {
+		return journal.Batch{}, nil, lapi.Stats{}, err
+	}
+	return c.PullBatch(ctx, startup, opts, now)
+}
+
+// Requests implements metrics.LAPICounters.
+func (l *lateClient) Requests() uint64 {
+	if c := l.built(); c != nil {
+		return c.Requests()
+	}
+	return 0
+}
+
+// Failures implements metrics.LAPICounters.
+func (l *lateClient) Failures() uint64 {
+	if c := l.built(); c != nil {
+		return c.Failures()
+	}
+	return 0
+}
 
 // ignoreCanceled drops the cancellation that stopped the other goroutines
 // after a fatal error: that error says it all.
