@@ -61,9 +61,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	// The LAPI client loads the system's CA certificates (≈30 ms; crypto/x509
-	// keeps them once loaded), even for an http:// LAPI: loading them now
-	// overlaps the config parsing instead of delaying the first pull.
+	// A LAPI client over TLS loads the system's CA certificates (≈30 ms;
+	// crypto/x509 keeps them once loaded): loading them now overlaps the
+	// config parsing instead of delaying the first pull.
 	go func() { _, _ = x509.SystemCertPool() }()
 	res, err := config.Load(*cfgPath, os.LookupEnv)
 	if err != nil {

@@ -251,10 +251,9 @@ func toSet(xs []string) map[string]bool {
 }
 
 // result carries a value and its error across a channel.
-// lateClient is the LAPI client while go-cs-bouncer builds it: that loads
-// the system's CA certificates (≈30 ms), even for an http:// LAPI, and
-// neither the journal's boot replay nor the process start should wait for
-// it. A pull waits; counters read zero until it is there.
+// lateClient is the LAPI client while it is built: over TLS that loads the
+// system's CA certificates (≈30 ms), and the journal's boot replay must not
+// wait for it. A pull waits; counters read zero until it is there.
 type lateClient struct {
 	ready chan struct{}
 	c     *lapi.Client

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -67,10 +69,21 @@ type Client struct {
 }
 
 // NewClient builds the API client with go-cs-bouncer, which owns the
-// API-key/client-certificate/CA handling that upstream bouncers share. It
-// does not contact LAPI: the bouncer must boot and enforce from its journal
-// while LAPI is down.
+// API-key/client-certificate/CA handling that upstream bouncers share (an
+// API key over plain http, which has none of it, is built here: see
+// initPlainHTTP). It does not contact LAPI: the bouncer must boot and
+// enforce from its journal while LAPI is down.
 func NewClient(cfg ClientConfig, logger *slog.Logger) (*Client, error) {
+	init := (*csbouncer.StreamBouncer).Init
+	if plainHTTPKey(cfg) {
+		init = initPlainHTTP
+	}
+	return newClient(cfg, logger, init)
+}
+
+// newClient is NewClient with the initialisation of go-cs-bouncer's
+// StreamBouncer given.
+func newClient(cfg ClientConfig, logger *slog.Logger, init func(*csbouncer.StreamBouncer) error) (*Client, error) {
 	if logger == nil {
 		return nil, errors.New("lapi client: nil logger")
 	}
@@ -97,7 +110,7 @@ func NewClient(cfg ClientConfig, logger *slog.Logger) (*Client, error) {
 		// Unused (we never call Run) but Init warns when it is empty.
 		TickerInterval: "10s",
 	}
-	if err := sb.Init(); err != nil {
+	if err := init(sb); err != nil {
 		return nil, fmt.Errorf("lapi client for %s: %w", cfg.APIURL, err)
 	}
 	setReadBuffer(sb.APIClient.GetClient())
@@ -109,6 +122,38 @@ func NewClient(cfg ClientConfig, logger *slog.Logger) (*Client, error) {
 		c.maxBody = DefaultMaxResponseBytes
 	}
 	return c, nil
+}
+
+// plainHTTPKey reports whether cfg is an API key over plain http: the one
+// case where go-cs-bouncer has no TLS material to handle.
+func plainHTTPKey(cfg ClientConfig) bool {
+	return strings.HasPrefix(cfg.APIURL, "http://") && cfg.APIKey != "" && cfg.CertPath == "" && cfg.KeyPath == ""
+}
+
+// initPlainHTTP is sb.Init for plainHTTPKey: the same options and the same
+// API-key client, without the system's CA certificates, which Init loads
+// whatever the scheme (≈30 ms, on the way to the first pull, and of no use
+// without TLS). TestPlainHTTPSameAsLibrary holds the two to the same
+// requests.
+func initPlainHTTP(sb *csbouncer.StreamBouncer) error {
+	if !strings.HasSuffix(sb.APIUrl, "/") {
+		sb.APIUrl += "/"
+	}
+	u, err := url.Parse(sb.APIUrl)
+	if err != nil {
+		return fmt.Errorf("local API Url '%s': %w", sb.APIUrl, err)
+	}
+	join := func(l []string) string {
+		if l == nil {
+			return ""
+		}
+		return strings.Join(l, ",")
+	}
+	sb.Opts.Scopes, sb.Opts.Origins = join(sb.Scopes), join(sb.Origins)
+	sb.Opts.ScenariosContaining, sb.Opts.ScenariosNotContaining = join(sb.ScenariosContaining), join(sb.ScenariosNotContaining)
+	t := &apiclient.APIKeyTransport{APIKey: sb.APIKey}
+	sb.APIClient, err = apiclient.NewDefaultClient(u, "v1", sb.UserAgent, t.Client())
+	return err
 }
 
 // readBufferSize is the transport's read buffer per connection. LAPI

@@ -24,6 +24,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	csbouncer "github.com/crowdsecurity/go-cs-bouncer"
 )
 
 const testKey = "0123456789abcdef-secret-key"
@@ -178,7 +180,9 @@ func TestClientLibraryLogs(t *testing.T) {
 	defer srv.Close()
 	var buf syncBuffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	c, err := NewClient(ClientConfig{APIURL: srv.URL, APIKey: testKey}, logger)
+	// The library's own initialisation (a plain http key skips it; TLS
+	// configurations use it) is what logs.
+	c, err := newClient(ClientConfig{APIURL: srv.URL, APIKey: testKey}, logger, (*csbouncer.StreamBouncer).Init)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,5 +342,55 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// For an API key over plain http, NewClient builds the client itself
+// (go-cs-bouncer would load the system's CA certificates first, for
+// nothing): it must send LAPI exactly what the library's client sends.
+func TestPlainHTTPSameAsLibrary(t *testing.T) {
+	type request struct{ method, uri, key, agent string }
+	var mu sync.Mutex
+	var got []request
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, request{r.Method, r.URL.RequestURI(), r.Header.Get("X-Api-Key"), r.Header.Get("User-Agent")})
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"new":null,"deleted":null}`))
+	}))
+	defer srv.Close()
+	for _, cfg := range []ClientConfig{
+		{APIURL: srv.URL, APIKey: testKey},
+		{APIURL: srv.URL + "/", APIKey: testKey, UserAgent: "cs-journal-bouncer/1.2.3",
+			Scopes: []string{"ip", "range"}, Origins: []string{"crowdsec", "lists"},
+			ScenariosContaining: []string{"ssh"}, ScenariosNotContaining: []string{"http", "smb"}},
+	} {
+		if !plainHTTPKey(cfg) {
+			t.Fatalf("%s with a key is not plain http", cfg.APIURL)
+		}
+		got = nil
+		for _, init := range []func(*csbouncer.StreamBouncer) error{initPlainHTTP, (*csbouncer.StreamBouncer).Init} {
+			c, err := newClient(cfg, discardLogger(), init)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, startup := range []bool{true, false} {
+				if _, _, _, err := c.PullBatch(t.Context(), startup, NormalizeOptions{}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if len(got) != 4 {
+			t.Fatalf("%d requests, want 4", len(got))
+		}
+		for i := range 2 {
+			if got[i] != got[i+2] {
+				t.Errorf("request %d: ours %+v, library's %+v", i, got[i], got[i+2])
+			}
+		}
+		if got[0].key != testKey || !strings.Contains(got[0].uri, "startup=true") {
+			t.Errorf("first request %+v: want the key and startup=true", got[0])
+		}
 	}
 }
