@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/chunks"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/intern"
 )
 
 // DecisionList holds new decisions in compact form: a record of 32 bytes
@@ -19,9 +20,7 @@ import (
 type DecisionList struct {
 	at    time.Time // each record's Until is at + its ttl
 	recs  chunks.List[listRec]
-	metas []listMeta
-	ids   map[listMeta]uint32
-	last  uint32 // metas' index of the last record added
+	metas intern.Table[listMeta]
 }
 
 // listRec keeps a prefix exactly, even an invalid one: validation is the
@@ -39,25 +38,13 @@ type listMeta struct{ origin, scenario, typ, scope string }
 // NewDecisionList returns an empty list of decisions received at at;
 // sizeHint > 0 is the exact number that will be added.
 func NewDecisionList(at time.Time, sizeHint int) *DecisionList {
-	return &DecisionList{at: at, recs: chunks.Make[listRec](sizeHint), ids: make(map[listMeta]uint32)}
+	return &DecisionList{at: at, recs: chunks.Make[listRec](sizeHint)}
 }
 
 // Add appends the decision on p that expires ttl after the list's receive
 // time.
 func (l *DecisionList) Add(p netip.Prefix, ttl time.Duration, origin, scenario, typ, scope string) {
-	m := listMeta{origin, scenario, typ, scope}
-	// Consecutive decisions nearly always share their strings: compare
-	// with the last ones before hashing.
-	id := l.last
-	if int(id) >= len(l.metas) || l.metas[id] != m {
-		var ok bool
-		if id, ok = l.ids[m]; !ok {
-			id = uint32(len(l.metas))
-			l.metas = append(l.metas, m)
-			l.ids[m] = id
-		}
-		l.last = id
-	}
+	id := l.metas.ID(listMeta{origin, scenario, typ, scope})
 	a := p.Addr()
 	var fam uint8
 	switch {
@@ -85,7 +72,7 @@ func (l *DecisionList) All() iter.Seq[Decision] {
 			return
 		}
 		for r := range l.recs.All() {
-			m := &l.metas[r.meta]
+			m := &l.metas.Values[r.meta]
 			d := Decision{
 				Prefix: r.prefix(), Until: l.at.Add(r.ttl),
 				Origin: m.origin, Scenario: m.scenario, Type: m.typ, Scope: m.scope,

@@ -53,7 +53,7 @@ func TestDecisionListRoundTrip(t *testing.T) {
 	if i != len(want) {
 		t.Fatalf("yielded %d, want %d", i, len(want))
 	}
-	if n := len(b.Packed.metas); n != 3 {
+	if n := len(b.Packed.metas.Values); n != 3 {
 		t.Errorf("%d metas, want 3: the strings are kept once", n)
 	}
 }

@@ -53,7 +53,7 @@ func (j *Journal) Stats() Stats {
 	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
 	for _, val := range v.m.all {
 		lo, hi = min(lo, val.until), max(hi, val.until)
-		perIdx[v.strs.pairs.list[val.label].a]++
+		perIdx[v.strs.pairs.Values[val.label].a]++
 	}
 	if s.Active > 0 {
 		s.OldestUntil, s.NewestUntil = msTime(lo), msTime(hi)

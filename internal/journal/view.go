@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/intern"
 )
 
 // View is the in-memory active set: one decision per Key, as LAPI publishes
@@ -47,63 +49,26 @@ type vval struct {
 // pair is two interned strings: (scope, type) or (origin, scenario).
 type pair struct{ a, b uint32 }
 
-// interner holds each distinct value once and refers to it by index. It
-// only grows; distinct values are few (a few hundred scenarios at most).
-type interner[T comparable] struct {
-	list []T
-	idx  map[T]uint32
-	// recent holds the indices last interned, checked before the map: a
-	// blocklist's million decisions intern the same few values over and
-	// over, and comparing them costs less than hashing them.
-	recent [4]uint32
-	next   int
-}
-
-func (s *interner[T]) intern(v T) uint32 {
-	for _, i := range s.recent {
-		if int(i) < len(s.list) && s.list[i] == v {
-			return i
-		}
-	}
-	i, ok := s.idx[v]
-	if !ok {
-		if s.idx == nil {
-			s.idx = make(map[T]uint32)
-		}
-		i = uint32(len(s.list))
-		s.list = append(s.list, v)
-		s.idx[v] = i
-	}
-	s.recent[s.next] = i
-	s.next = (s.next + 1) % len(s.recent)
-	return i
-}
-
-func (s *interner[T]) lookup(v T) (uint32, bool) {
-	i, ok := s.idx[v]
-	return i, ok
-}
-
 // strtab interns the strings of origins, scenarios, types and scopes, and
 // the pairs they come in. A view and the one a full batch builds aside
 // share it, so indices mean the same in both.
 type strtab struct {
-	strs  interner[string]
-	pairs interner[pair]
+	strs  intern.Table[string]
+	pairs intern.Table[pair]
 }
 
 func newStrtab() *strtab { return &strtab{} }
 
-func (s *strtab) str(i uint32) string { return s.strs.list[i] }
+func (s *strtab) str(i uint32) string { return s.strs.Values[i] }
 
 func (s *strtab) pair(a, b string) uint32 {
-	return s.pairs.intern(pair{s.strs.intern(a), s.strs.intern(b)})
+	return s.pairs.ID(pair{s.strs.ID(a), s.strs.ID(b)})
 }
 
 // strings returns the two strings of pair i.
 func (s *strtab) strings(i uint32) (string, string) {
-	p := s.pairs.list[i]
-	return s.strs.list[p.a], s.strs.list[p.b]
+	p := s.pairs.Values[i]
+	return s.strs.Values[p.a], s.strs.Values[p.b]
 }
 
 func newView(strs *strtab) *View {
@@ -129,9 +94,9 @@ func (k vkey) prefix() netip.Prefix {
 // packKey converts k without interning; ok is false when k's strings were
 // never seen together, so k cannot be in the view.
 func (v *View) packKey(k Key) (vkey, bool) {
-	s, ok1 := v.strs.strs.lookup(k.Scope)
-	t, ok2 := v.strs.strs.lookup(k.Type)
-	c, ok3 := v.strs.pairs.lookup(pair{s, t})
+	s, ok1 := v.strs.strs.Lookup(k.Scope)
+	t, ok2 := v.strs.strs.Lookup(k.Type)
+	c, ok3 := v.strs.pairs.Lookup(pair{s, t})
 	hi, lo, bits, v6 := packAddr(k.Prefix)
 	return vkey{hi: hi, lo: lo, bits: bits, v6: v6, combo: c}, ok1 && ok2 && ok3
 }
@@ -163,7 +128,7 @@ func (v *View) upsert(r record, now int64) {
 	if !ok {
 		v.noteCombo(k)
 	}
-	v.put(k, r, v.strs.strs.intern(r.origin), cur, ok, now)
+	v.put(k, r, v.strs.strs.ID(r.origin), cur, ok, now)
 }
 
 // put stores r, of origin, at k. prev is the entry k held (if any): held
@@ -174,12 +139,12 @@ func (v *View) put(k vkey, r record, origin uint32, prev vval, hasPrev bool, now
 	if hasPrev && v.origin(prev) == origin && prev.until > now {
 		since = prev.since
 	}
-	label := v.strs.pairs.intern(pair{origin, v.strs.strs.intern(r.scenario)})
+	label := v.strs.pairs.ID(pair{origin, v.strs.strs.ID(r.scenario)})
 	v.m.set(k, vval{until: r.until, since: since, label: label})
 	v.minUntil = min(v.minUntil, r.until)
 }
 
-func (v *View) origin(val vval) uint32 { return v.strs.pairs.list[val.label].a }
+func (v *View) origin(val vval) uint32 { return v.strs.pairs.Values[val.label].a }
 
 // replace makes v hold exactly the decisions of a full batch, each with the
 // since it would get upserted into an empty view with the old entries as
@@ -228,7 +193,7 @@ func (v *View) replace(b Batch, now int64) {
 		expired := r.until <= now
 		var origin uint32
 		if !expired {
-			origin = v.strs.strs.intern(r.origin)
+			origin = v.strs.strs.ID(r.origin)
 		}
 		if ok && !saved && cur.until > now && (expired && fresh || !expired && v.origin(cur) != origin) {
 			if displaced == nil {
@@ -492,7 +457,7 @@ func (v *View) Each(fn func(Decision) bool) {
 // alike.
 func (v *View) encode(now int64) []byte {
 	n := 0
-	used := make([]bool, len(v.strs.pairs.list))
+	used := make([]bool, len(v.strs.pairs.Values))
 	for k, val := range v.m.all {
 		if val.until > now {
 			n++
@@ -508,7 +473,7 @@ func (v *View) encode(now int64) []byte {
 		if !u {
 			continue
 		}
-		p := v.strs.pairs.list[i]
+		p := v.strs.pairs.Values[i]
 		for j, s := range [2]uint32{p.a, p.b} {
 			w, ok := strIdx[s]
 			if !ok {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/chunks"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/intern"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 )
 
@@ -143,9 +144,7 @@ type normalizer struct {
 
 	lastOrigin originMemo
 	lastType   typeMemo
-	metas      []meta
-	metaIDs    map[meta]uint32
-	lastMeta   uint32 // metas' index of the last packed key
+	metas      intern.Table[meta]
 }
 
 // packed is a deleted key as the list holds it until the response ends:
@@ -164,16 +163,7 @@ type packed struct {
 type meta struct{ typ, scope string }
 
 func (n *normalizer) pack(p netip.Prefix, m meta) packed {
-	id := n.lastMeta
-	if int(id) >= len(n.metas) || n.metas[id] != m {
-		var ok bool
-		if id, ok = n.metaIDs[m]; !ok {
-			id = uint32(len(n.metas))
-			n.metas = append(n.metas, m)
-			n.metaIDs[m] = id
-		}
-		n.lastMeta = id
-	}
+	id := n.metas.ID(m)
 	a := p.Addr()
 	return packed{addr: a.As16(), meta: id, bits: uint8(p.Bits()), is4: a.Is4()}
 }
@@ -192,7 +182,7 @@ type listResult struct {
 }
 
 func newNormalizer(opts NormalizeOptions) *normalizer {
-	n := &normalizer{opts: opts, strs: make(map[string]string), metaIDs: make(map[meta]uint32)}
+	n := &normalizer{opts: opts, strs: make(map[string]string)}
 	// Types match case-insensitively, as upstream lower-cases a decision's
 	// type before looking it up.
 	n.opts.Types = map[string]bool{}
@@ -287,7 +277,7 @@ func (n *normalizer) deletedSlice() []journal.Key {
 	}
 	out := make([]journal.Key, 0, n.dels.Len())
 	for p := range n.dels.All() {
-		m := &n.metas[p.meta]
+		m := &n.metas.Values[p.meta]
 		out = append(out, journal.Key{Scope: m.scope, Prefix: p.prefix(), Type: m.typ})
 	}
 	return out
