@@ -124,10 +124,13 @@ func newClient(cfg ClientConfig, logger *slog.Logger, init func(*csbouncer.Strea
 	return c, nil
 }
 
-// plainHTTPKey reports whether cfg is an API key over plain http: the one
-// case where go-cs-bouncer has no TLS material to handle.
+// plainHTTPKey reports whether cfg is an API key over plain http with no
+// TLS file named: the one case where go-cs-bouncer has nothing to handle. A
+// ca_cert_path is left to the library even then, which refuses one it
+// cannot read, as upstream does.
 func plainHTTPKey(cfg ClientConfig) bool {
-	return strings.HasPrefix(cfg.APIURL, "http://") && cfg.APIKey != "" && cfg.CertPath == "" && cfg.KeyPath == ""
+	return strings.HasPrefix(cfg.APIURL, "http://") && cfg.APIKey != "" &&
+		cfg.CertPath == "" && cfg.KeyPath == "" && cfg.CACertPath == ""
 }
 
 // initPlainHTTP is sb.Init for plainHTTPKey: the same options and the same

@@ -163,6 +163,7 @@ func TestNewClientErrors(t *testing.T) {
 		{name: "no credentials", cfg: ClientConfig{APIURL: "http://127.0.0.1:1/"}},
 		{name: "key and cert", cfg: ClientConfig{APIURL: "http://127.0.0.1:1/", APIKey: testKey, CertPath: "/x", KeyPath: "/y"}},
 		{name: "missing cert files", cfg: ClientConfig{APIURL: "https://127.0.0.1:1/", CertPath: "/nonexistent/c", KeyPath: "/nonexistent/k"}},
+		{name: "missing CA file, plain http", cfg: ClientConfig{APIURL: "http://127.0.0.1:1/", APIKey: testKey, CACertPath: "/nonexistent/ca.pem"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
