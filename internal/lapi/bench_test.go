@@ -47,14 +47,20 @@ func BenchmarkNormalize100k(b *testing.B) {
 // benchBody is a startup response of n Ip bans in 198.18.0.0/15, shaped like
 // LAPI's (deleted first, null).
 func benchBody(n int) string {
+	return streamBody(n, func(i int) string { return fmt.Sprintf("198.%d.%d.%d", 18+i/65536, (i/256)%256, i%256) })
+}
+
+// streamBody is a startup response of n blocklist Ip bans, the i-th on
+// value(i).
+func streamBody(n int, value func(i int) string) string {
 	var sb strings.Builder
 	sb.WriteString(`{"deleted":null,"new":[`)
 	for i := range n {
 		if i > 0 {
 			sb.WriteByte(',')
 		}
-		fmt.Fprintf(&sb, `{"duration":"23h59m58.%09ds","id":%d,"origin":"lists","scenario":"lists:firehol_level1","scope":"Ip","type":"ban","value":"198.%d.%d.%d"}`,
-			i, i+1, 18+i/65536, (i/256)%256, i%256)
+		fmt.Fprintf(&sb, `{"duration":"23h59m58.%09ds","id":%d,"origin":"lists","scenario":"lists:firehol_level1","scope":"Ip","type":"ban","value":"%s"}`,
+			i, i+1, value(i))
 	}
 	sb.WriteString(`]}`)
 	return sb.String()
@@ -224,17 +230,7 @@ func BenchmarkDecodeStream100kIPv6(b *testing.B) {
 
 // benchBodyV6 is benchBody with Ip bans in 2001:db8::/32.
 func benchBodyV6(n int) string {
-	var sb strings.Builder
-	sb.WriteString(`{"deleted":null,"new":[`)
-	for i := range n {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		fmt.Fprintf(&sb, `{"duration":"23h59m58.%09ds","id":%d,"origin":"lists","scenario":"lists:firehol_level1","scope":"Ip","type":"ban","value":"2001:db8::%x:%x"}`,
-			i, i+1, i>>16, i&0xffff)
-	}
-	sb.WriteString(`]}`)
-	return sb.String()
+	return streamBody(n, func(i int) string { return fmt.Sprintf("2001:db8::%x:%x", i>>16, i&0xffff) })
 }
 
 func decodeBench(b *testing.B, s string) {
