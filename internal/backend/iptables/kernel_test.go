@@ -630,3 +630,75 @@ func TestKernelReplayInterleavedSets(t *testing.T) {
 		t.Errorf("temporary set left behind:\n%s", out)
 	}
 }
+
+// stopAfter is a context whose Err reports cancellation from its n-th call
+// on: a replay interrupted at every netlink step in turn, deterministically.
+type stopAfter struct {
+	context.Context
+	n, calls int
+}
+
+func (c *stopAfter) Err() error {
+	c.calls++
+	if c.calls >= c.n {
+		return context.Canceled
+	}
+	return nil
+}
+
+// A replay cancelled at any step leaves no temporary set behind, and each
+// set holds either all of its old entries or all of its new ones.
+func TestKernelReplayCancelledAtEveryStep(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	b, _ := newKernelBackend(t, Config{Chains4: []string{"INPUT"}, Chains6: []string{"INPUT"}})
+	if err := ensure(t.Context(), b, 0); err != nil {
+		t.Fatal(err)
+	}
+	sets := []string{"crowdsec-blacklists-0", "crowdsec6-blacklists-0"}
+	// content gen: n addresses per family that no other gen shares.
+	content := func(gen, n int) ([]backend.Entry, map[string]map[string]int) {
+		var es []backend.Entry
+		want := map[string]map[string]int{sets[0]: {}, sets[1]: {}}
+		for i := range n {
+			a4 := netip.AddrFrom4([4]byte{198, 18, byte(gen), byte(i)})
+			a6 := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 13: byte(gen), 15: byte(i)})
+			es = append(es, entry(a4.String()+"/32", 0, time.Hour), entry(a6.String()+"/128", 0, time.Hour))
+			want[sets[0]][a4.String()], want[sets[1]][a6.String()] = 1, 1
+		}
+		return es, want
+	}
+	first, held := content(0, 200)
+	if err := b.Replay(t.Context(), slices.Values(first)); err != nil {
+		t.Fatal(err)
+	}
+	for k := 1; ; k++ {
+		if k == 500 {
+			t.Fatal("no replay completed in 500 steps")
+		}
+		next, want := content(k%250+1, 100+k%2*50) // sizes differ step to step
+		err := b.Replay(&stopAfter{Context: t.Context(), n: k}, slices.Values(next))
+		if err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("step %d: Replay = %v, want nil or cancelled", k, err)
+		}
+		if out := sh(t, "ipset list -n"); strings.Contains(out, "-t\n") {
+			t.Fatalf("step %d: temporary set left behind:\n%s", k, out)
+		}
+		for _, set := range sets {
+			got := members(t, set)
+			switch {
+			case slices.Equal(keysOf(got), keysOf(want[set])):
+				held[set] = want[set]
+			case err != nil && slices.Equal(keysOf(got), keysOf(held[set])):
+			default:
+				t.Fatalf("step %d (err %v): %s holds %d members, neither its %d old nor its %d new entries",
+					k, err, set, len(got), len(held[set]), len(want[set]))
+			}
+		}
+		if err == nil {
+			t.Logf("replay completed at step %d", k)
+			return
+		}
+	}
+}

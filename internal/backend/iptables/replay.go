@@ -193,10 +193,13 @@ func (b *Backend) prepareRefill(ctx context.Context, s *nlSocket, f *refill) err
 	if err := s.destroy(ctx, tmp); err != nil && !errors.Is(err, ErrSetNotFound) {
 		return fmt.Errorf("remove stale temporary set: %w", err)
 	}
+	// Named before the create: a create whose answer is abandoned (the
+	// context ended while waiting) may still have made the set, and the
+	// cleanup must find it.
+	f.tmp = tmp
 	if err := s.create(ctx, tmp, sp); err != nil {
 		return err
 	}
-	f.tmp = tmp
 	f.entries = make([]kEntry, 0, min(f.n, fillChunk))
 	if f.cut {
 		f.entries = make([]kEntry, 0, f.n)
