@@ -335,3 +335,39 @@ func TestE2ENFTablesSetOnly(t *testing.T) {
 	}
 	requirePasses(t, p, p.Banned4, within)
 }
+
+// A cold start on a LAPI that already holds bans: the pull is preloaded
+// into new sets while it downloads, the sets are kept as loaded (LAPI
+// sends one decision per address), and real packets from the banned peers
+// are dropped while clean ones pass.
+func TestE2ENFTablesColdStartPreload(t *testing.T) {
+	t.Parallel()
+	if !e2eSetup(t) {
+		return
+	}
+	const n = 5000
+	l := testenv.StartLAPI(t)
+	p := testenv.NewPeers(t)
+	importBans(t, l, n, "4h")
+	l.AddDecision(t, "crowdsec", "Ip", p.Banned4.String(), "4h")
+	l.AddDecision(t, "crowdsec", "Ip", p.Banned6.String(), "4h")
+	b := startBouncer(t, writeConfig(t, l, nftMode(bouncerOpts{})))
+	b.waitLog(t, "pulled decisions", 30*time.Second)
+	// cscli-import (v4) and crowdsec (v4 and v6): three sets, all kept.
+	b.waitLog(t, "msg=preloaded component=backend mode=nftables sets=3 entries=5002 ok=true", 5*time.Second)
+	b.waitLog(t, `msg="preloaded sets made live" component=backend mode=nftables kept=3 refilled=0`, 5*time.Second)
+	requireDropped(t, p, p.Banned4, within)
+	requireDropped(t, p, p.Banned6, within)
+	for _, a := range []netip.Addr{p.Clean4, p.Clean6} {
+		if !pings(t, p, a) {
+			t.Errorf("clean peer %s dropped", a)
+		}
+	}
+	if got := len(nftSet(t, "ip", "crowdsec", "crowdsec-blacklists-cscli-import")); got != n {
+		t.Errorf("the imported set holds %d elements, want %d", got, n)
+	}
+	requireRulesOnce(t)
+	if out := b.out.String(); strings.Contains(out, "repaired drift") || strings.Contains(out, "kernel change event") {
+		t.Errorf("the preload woke the repair loop:\n%s", tail(out, 20))
+	}
+}

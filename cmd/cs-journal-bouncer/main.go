@@ -9,7 +9,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -61,10 +60,6 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	// A LAPI client over TLS loads the system's CA certificates (≈30 ms;
-	// crypto/x509 keeps them once loaded): loading them now overlaps the
-	// config parsing instead of delaying the first pull.
-	go func() { _, _ = x509.SystemCertPool() }()
 	res, err := config.Load(*cfgPath, os.LookupEnv)
 	if err != nil {
 		fmt.Fprintf(stderr, "cs-journal-bouncer: %v\n", err)

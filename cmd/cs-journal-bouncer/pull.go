@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/lapi"
 )
@@ -59,6 +60,11 @@ type puller struct {
 	// pulls first: the boot pull or a resync of the heal ladder.
 	resolve     func(ctx context.Context) []netip.Prefix
 	resolveOnce sync.Once
+
+	// preload, when the backend offers one (backend.Preloader), loads a
+	// full pull into the kernel while it downloads; it returns nil when it
+	// cannot (before the boot is done).
+	preload func(ctx context.Context) backend.Preload
 
 	// seen holds the normalization rejections already logged and counted,
 	// so an hourly full resync does not report the same decision again.
@@ -236,10 +242,31 @@ const pullTimeout = 2 * time.Minute
 const resyncTimeout = 15 * time.Second
 
 func (p *puller) batch(ctx context.Context, full bool) (journal.Batch, error) {
-	return p.batchWithin(ctx, full, pullTimeout)
+	if !full || p.preload == nil {
+		return p.batchWithin(ctx, full, pullTimeout, nil)
+	}
+	// The preload starts with the first decision: by then the boot has
+	// usually made our tables (without them there is nothing to load into).
+	var pl backend.Preload
+	started := false
+	b, err := p.batchWithin(ctx, full, pullTimeout, func(pfx netip.Prefix, until time.Time, origin string) {
+		if !started {
+			started = true
+			pl = p.preload(ctx)
+		}
+		if pl != nil {
+			pl.Add(pfx, until, origin)
+		}
+	})
+	if pl != nil {
+		pl.Finish(err == nil)
+	}
+	return b, err
 }
 
-func (p *puller) batchWithin(ctx context.Context, full bool, timeout time.Duration) (journal.Batch, error) {
+// batchWithin pulls within timeout; onNew, when set, sees each new
+// decision as it is accepted.
+func (p *puller) batchWithin(ctx context.Context, full bool, timeout time.Duration, onNew func(netip.Prefix, time.Time, string)) (journal.Batch, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	p.resolveOnce.Do(func() {
@@ -247,8 +274,10 @@ func (p *puller) batchWithin(ctx context.Context, full bool, timeout time.Durati
 			p.norm.Protected = append(p.norm.Protected, p.resolve(ctx)...)
 		}
 	})
+	norm := p.norm
+	norm.OnNew = onNew
 	// Decoded as it streams in: 100k decisions never exist as API models.
-	b, rejected, _, err := p.client.PullBatch(ctx, full, p.norm, time.Now)
+	b, rejected, _, err := p.client.PullBatch(ctx, full, norm, time.Now)
 	if err != nil {
 		if errors.Is(err, lapi.ErrTimeout) {
 			p.log.Warn("LAPI pull timed out", "full", full, "limit", timeout, "err", err)
@@ -284,7 +313,7 @@ func (p *puller) noteRejected(rs []lapi.Rejection, full bool) {
 
 // fullBatch is the heal ladder's resync: LAPI's whole active set.
 func (p *puller) fullBatch(ctx context.Context) (journal.Batch, error) {
-	return p.batchWithin(ctx, true, resyncTimeout)
+	return p.batchWithin(ctx, true, resyncTimeout, nil)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/crowdsecurity/crowdsec/pkg/apiclient"
 
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/lapi"
 )
@@ -25,11 +28,14 @@ type fakeLAPI struct {
 	fulls   []bool
 }
 
-func (f *fakeLAPI) PullBatch(_ context.Context, startup bool, _ lapi.NormalizeOptions, _ func() time.Time) (journal.Batch, []lapi.Rejection, lapi.Stats, error) {
+func (f *fakeLAPI) PullBatch(_ context.Context, startup bool, opts lapi.NormalizeOptions, _ func() time.Time) (journal.Batch, []lapi.Rejection, lapi.Stats, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	i := len(f.fulls)
 	f.fulls = append(f.fulls, startup)
+	if opts.OnNew != nil { // one decision accepted before the pull ends
+		opts.OnNew(netip.MustParsePrefix("192.0.2.1/32"), time.Unix(0, 0), "cscli")
+	}
 	var rs []lapi.Rejection
 	if i < len(f.rejects) {
 		rs = f.rejects[i]
@@ -303,5 +309,47 @@ func TestPullerRejectionsOnce(t *testing.T) {
 	}
 	if n := strings.Count(r.logs.String(), "rejected decision"); n != 2 {
 		t.Fatalf("logged %d times, want 2", n)
+	}
+}
+
+// fakePreload records what the puller hands a backend's preload.
+type fakePreload struct {
+	adds     int
+	finishes []bool
+}
+
+func (f *fakePreload) Add(netip.Prefix, time.Time, string) { f.adds++ }
+func (f *fakePreload) Finish(keep bool)                    { f.finishes = append(f.finishes, keep) }
+
+// Full pulls, and only they, go through the backend's preload, which is
+// kept when the pull succeeds and dropped when it fails.
+func TestPullerPreload(t *testing.T) {
+	r := newPullRig(&fakeLAPI{errs: []error{nil, nil, errDown, errDown}})
+	var mu sync.Mutex
+	var pls []*fakePreload
+	r.p.preload = func(context.Context) backend.Preload {
+		mu.Lock()
+		defer mu.Unlock()
+		pl := &fakePreload{}
+		pls = append(pls, pl)
+		return pl
+	}
+	stop := r.start(t)
+	r.tick(t) // delta
+	r.tick(t) // failed delta
+	r.tick(t) // full after the failure: fails too
+	stop()
+	if got := r.src.pulls(); !slices.Equal(got, []bool{true, false, false, true}) {
+		t.Fatalf("pulls %v, want full, delta, delta, full", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(pls) != 2 {
+		t.Fatalf("%d preloads for 2 full pulls", len(pls))
+	}
+	for i, want := range []bool{true, false} {
+		if pls[i].adds != 1 || !slices.Equal(pls[i].finishes, []bool{want}) {
+			t.Errorf("full pull %d: preload got %d adds and finishes %v, want 1 add and [%v]", i, pls[i].adds, pls[i].finishes, want)
+		}
 	}
 }

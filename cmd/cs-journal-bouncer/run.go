@@ -11,12 +11,14 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 	"gopkg.in/natefinch/lumberjack.v2"
 
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/admin"
+	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/config"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/heal"
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/journal"
@@ -113,6 +115,17 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		retryBoot:   cfg.RetryInitialConnect,
 		emptyAtBoot: j.View().Len() == 0,
 	}
+	// A preload may only start once the boot has declared the journal's
+	// origins and made our tables: it loads only sets no rule matches.
+	var booted atomic.Bool
+	if pl, ok := be.(backend.Preloader); ok {
+		p.preload = func(ctx context.Context) backend.Preload {
+			if !booted.Load() {
+				return nil
+			}
+			return pl.Preload(ctx)
+		}
+	}
 	var m *metrics.Metrics // set below; the enforcer reports repairs to it
 	enf := heal.New(heal.Config{
 		VerifyInterval:    cfg.Heal.Interval,
@@ -163,6 +176,7 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 		cancelBoot()
 		return errors.Join(err, ignoreCanceled(g.Wait()))
 	}
+	booted.Store(true)
 	log.Info("enforcing from journal", "entries", j.View().Len(), "since_start", time.Since(start).Round(time.Millisecond))
 	if err := sdnotify.Ready(fmt.Sprintf("enforcing %d bans from the journal", j.View().Len())); err != nil {
 		log.Warn("systemd notify failed", "err", err)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -370,5 +371,40 @@ func TestPullBatchBounded(t *testing.T) {
 				t.Errorf("goroutine left behind:\n%s", s)
 			}
 		})
+	}
+}
+
+// OnNew sees each accepted new decision once, in stream order, with the
+// Until and origin the batch holds: a backend's preload loads what the
+// replay will enforce. Rejected, skipped and deleted decisions are not seen.
+func TestOnNewSeesTheBatch(t *testing.T) {
+	body := `{"deleted":[` + decision("Ip", "192.0.2.9", "ban") + `],"new":[` +
+		decision("Ip", "192.0.2.1", "ban") + `,` +
+		decision("Ip", "not-an-ip", "ban") + `,` +
+		decision("Ip", "192.0.2.2", "captcha") + `,` +
+		strings.Replace(decision("Range", "203.0.113.0/24", "ban"), `"origin":"crowdsec"`, `"origin":"lists","scenario":"lists:firehol"`, 1) + `,` +
+		strings.Replace(decision("Ip", "2001:db8::1", "ban"), `"1h"`, `"2h30m"`, 1) + `]}`
+	type seen struct {
+		p      netip.Prefix
+		until  time.Time
+		origin string
+	}
+	var got []seen
+	opts := NormalizeOptions{OnNew: func(p netip.Prefix, until time.Time, origin string) {
+		got = append(got, seen{p, until, origin})
+	}}
+	b, rej, err := pullBody(t, body, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rej) != 1 {
+		t.Fatalf("rejections %v, want the bad ip alone", rej)
+	}
+	var want []seen
+	for _, d := range b.AllNew() {
+		want = append(want, seen{d.Prefix, d.Until, d.Origin})
+	}
+	if len(want) != 3 || !slices.Equal(got, want) {
+		t.Fatalf("OnNew saw %v, the batch holds %v (want the 3 accepted bans)", got, want)
 	}
 }

@@ -60,6 +60,9 @@ type NormalizeOptions struct {
 	// (LAPIPrefixes). A new decision whose prefix overlaps one of them is
 	// rejected with ReasonProtected.
 	Protected []netip.Prefix
+	// OnNew, when set, is called with each new decision as it is accepted
+	// (the backend's preload), its Until as the batch will hold it.
+	OnNew func(p netip.Prefix, until time.Time, origin string)
 }
 
 // maxFieldLen bounds each string field of a decision. LAPI's are short (an
@@ -435,6 +438,9 @@ func (n *normalizer) addNew(d *fields) string {
 	}
 	origin, scenario := n.originOf(d.Origin.s, d.Scenario.s)
 	n.news.Add(key.Prefix, dur, origin, scenario, key.Type, key.Scope)
+	if n.opts.OnNew != nil {
+		n.opts.OnNew(key.Prefix, n.now.Add(dur), origin)
+	}
 	return ""
 }
 

@@ -47,6 +47,10 @@ type Backend struct {
 	// mirrors hold what our interval sets should hold, by kernel set name
 	// (see intervals.go); nil entries are unknown and re-read from the kernel.
 	mirrors map[string]*mirror
+	// pending holds the sets a preload filled until the
+	// next replay decides whether to keep their content; their rules wait
+	// for it (ownRules). Guarded by mu.
+	pending map[setID]*loaded
 	// pauser, when a change monitor runs, is paused around large writes.
 	pauser backend.EventPauser
 	// addSetsTimeout: the kernel gives a present element the timeout of a
@@ -118,6 +122,7 @@ func New(cfg Config) (*Backend, error) {
 		conn:    conn,
 		origins: backend.Origins{},
 		mirrors: map[string]*mirror{},
+		pending: map[setID]*loaded{},
 		// Linux 6.10 added element timeout updates to nf_tables; before,
 		// an add of a present element leaves its timeout as it was.
 		addSetsTimeout: kernelAtLeast(6, 10),

@@ -53,6 +53,20 @@
 // our sockets get forced 256 MiB send and receive buffers (limits, not
 // allocations).
 //
+// A full pull that brings origins with no set yet (a first start, a new
+// blocklist) is loaded into the kernel while it downloads (preload.go):
+// the pull's goroutine encodes element messages as decisions are
+// decoded, a second goroutine commits them ~10k at a time, so the kernel's
+// inserts overlap the decoding. The sets are new and no rule matches them
+// (Ensure leaves their rules out), so nothing is enforced before the
+// journal holds the batch. The replay that follows the journal write keeps
+// a loaded set when it received exactly as many elements as the replay
+// would put in it (each address of the pull once, so it holds exactly
+// those, with their own timeouts), refills it otherwise, then adds its
+// rules. Measured on the 100k cold start of make bench: 0.30–0.36 s from
+// process start instead of 0.39–0.49 s. Known origins, ranges and
+// set-only mode go through the replay as before.
+//
 // Entries the backend will not hold (disabled family, /0, unmasked,
 // undeclared origin, a range for a set-only set without the interval
 // flag) are reported as *backend.RejectedError after the rest is applied;

@@ -293,28 +293,41 @@ func (b *Backend) applyTx(d backend.Delta, start, end int, now time.Time) ([]bac
 // queued after the walk (overlapping prefixes merge).
 type replaySlot struct {
 	slot
-	w *writer
+	w *writer  // interval sets
+	a *addrMsg // single-address sets
 	m *mirror
+	// kept: a preload filled the set with exactly its entries; it is
+	// neither flushed nor refilled.
+	kept bool
 }
 
 // queueReplay encodes the replay transaction in one walk over active:
-// every set of ours is flushed, then refilled, the element messages of
-// different sets interleaved as the entries come. It returns the
-// transaction, the number of entries walked and the refused ones.
-func (b *Backend) queueReplay(active iter.Seq[backend.Entry], now time.Time) (*rawTx, int, []backend.Rejection, error) {
+// every set of ours but those in keep is flushed, then refilled, the
+// element messages of different sets interleaved as the entries come. It
+// returns the
+// transaction, the number of entries it adds and the refused ones. (A
+// transaction that adds none may change nothing, and the kernel does not
+// count a transaction that changed nothing as a generation: that number
+// decides whether the change monitor is paused, see backend.EventPauser.)
+func (b *Backend) queueReplay(active iter.Seq[backend.Entry], now time.Time, keep map[setID]bool) (*rawTx, int, []backend.Rejection, error) {
 	tx := &rawTx{}
 	slots := map[string]*replaySlot{}
 	var order []*replaySlot
+	names := b.setNames()
 	add := func(s slot) {
-		rs := &replaySlot{slot: s, w: &writer{set: b.setRef(s), op: tx.addElements}}
+		set := b.setRef(s)
+		rs := &replaySlot{slot: s, w: &writer{set: set, op: tx.addElements}}
 		if s.interval {
 			rs.m = newMirror()
+		} else {
+			rs.a = newAddrMsg(set)
 		}
 		slots[s.name] = rs
 		order = append(order, rs)
-		tx.flushSet(rs.w.set)
+		if rs.kept = keep[setID{s.fam.v6, s.name}]; !rs.kept {
+			tx.flushSet(rs.w.set)
+		}
 	}
-	names := b.setNames()
 	for _, f := range b.fams {
 		if f.cfg.SetOnly {
 			if f.userSet != nil {
@@ -331,9 +344,7 @@ func (b *Backend) queueReplay(active iter.Seq[backend.Entry], now time.Time) (*r
 	n := 0
 	var rej []backend.Rejection
 	var last *replaySlot
-	var one [2]gnft.SetElement
 	for e := range active {
-		n++
 		s, r := b.routeIn(names, e)
 		if r != nil {
 			rej = append(rej, *r)
@@ -346,12 +357,18 @@ func (b *Backend) queueReplay(active iter.Seq[backend.Entry], now time.Time) (*r
 				continue
 			}
 		}
+		if last.kept {
+			continue
+		}
 		to, ok := b.timeout(last.w.set, e.Until, now)
 		if !ok {
 			continue
 		}
-		if last.m == nil {
-			last.w.put(elems(one[:0], e.Prefix, false, to)...)
+		n++
+		if last.a != nil {
+			if last.a.put(e.Prefix.Addr(), to); last.a.n >= perMsg {
+				last.a.done(tx)
+			}
 			continue
 		}
 		// later() reads a zero time as "no expiry": only merge with an
@@ -363,6 +380,9 @@ func (b *Backend) queueReplay(active iter.Seq[backend.Entry], now time.Time) (*r
 		}
 	}
 	for _, rs := range order {
+		if rs.a != nil {
+			rs.a.done(tx)
+		}
 		if rs.m != nil {
 			b.mirrors[rs.name] = rs.m
 			for _, c := range rs.m.update(nil, nil, now) {
@@ -376,6 +396,39 @@ func (b *Backend) queueReplay(active iter.Seq[backend.Entry], now time.Time) (*r
 		}
 	}
 	return tx, n, rej, nil
+}
+
+// keptPreloads returns the preloaded sets to keep as they
+// are: those whose preload succeeded and put in as many elements as the
+// replay routes live entries to them. The preload added each decision of
+// the pull once and the replay's entries are distinct addresses of the
+// same pull, so equal counts mean no address came twice (whose element
+// would hold the last add's timeout, not the latest) and the set holds
+// exactly the replay's entries. Any other difference refills the set.
+func (b *Backend) keptPreloads(active iter.Seq[backend.Entry], names map[backend.SetKey]string, now time.Time, pending map[setID]*loaded) map[setID]bool {
+	count := map[setID]int{}
+	for key, l := range pending {
+		if l.ok {
+			count[key] = 0
+		}
+	}
+	if len(count) == 0 {
+		return nil
+	}
+	for e := range active {
+		s, r := b.routeIn(names, e)
+		if r != nil || s.interval || !e.Until.IsZero() && !e.Until.After(now) {
+			continue
+		}
+		if n, ok := count[setID{s.fam.v6, s.name}]; ok {
+			count[setID{s.fam.v6, s.name}] = n + 1
+		}
+	}
+	keep := map[setID]bool{}
+	for key, n := range count {
+		keep[key] = n == pending[key].n
+	}
+	return keep
 }
 
 // queueMirror updates an interval set's mirror and queues the root changes.
@@ -507,10 +560,15 @@ func (b *Backend) Replay(ctx context.Context, active iter.Seq[backend.Entry]) er
 // ReplayWhen implements backend.StagedReplayer: the transaction is encoded
 // first and committed once ready returns.
 func (b *Backend) ReplayWhen(ctx context.Context, active iter.Seq[backend.Entry], ready func() error) error {
+	// Taken whatever happens: from here on the next Ensure gives the
+	// preloaded sets their rules.
+	pending := b.takePending()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	tx, n, rej, err := b.queueReplay(active, b.cfg.Now())
+	now := b.cfg.Now()
+	keep := b.keptPreloads(active, b.setNames(), now, pending)
+	tx, n, rej, err := b.queueReplay(active, now, keep)
 	if err != nil {
 		b.forgetMirrors()
 		return errors.Join(err, rejected(rej))
@@ -525,6 +583,19 @@ func (b *Backend) ReplayWhen(ctx context.Context, active iter.Seq[backend.Entry]
 	if err != nil {
 		b.forgetMirrors()
 		return errors.Join(fmt.Errorf("nftables replay: %w", err), rejected(rej))
+	}
+	if len(pending) > 0 {
+		kept := 0
+		for _, k := range keep {
+			if k {
+				kept++
+			}
+		}
+		b.log.Debug("preloaded sets made live", "kept", kept, "refilled", len(pending)-kept)
+		// The journal has the batch and the sets hold it: now their rules.
+		if err := b.Ensure(ctx); err != nil {
+			return errors.Join(fmt.Errorf("nftables replay: rules of preloaded sets: %w", err), rejected(rej))
+		}
 	}
 	return rejected(rej)
 }

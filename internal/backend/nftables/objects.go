@@ -74,7 +74,8 @@ type wantRule struct {
 
 // ownRules lists the rules of each of our chains, in order: the
 // "processed" counter, then per origin a rule per set (singles, ranges),
-// both counting into the origin's named counter.
+// both counting into the origin's named counter. An origin whose set
+// holds a preload has none until the replay that follows it.
 func (b *Backend) ownRules(f *family) []wantRule {
 	rules := []wantRule{{
 		comment: comment(ruleMark + "counter name " + processed),
@@ -82,6 +83,9 @@ func (b *Backend) ownRules(f *family) []wantRule {
 	}}
 	for _, o := range b.originList() {
 		name := b.SetName(b.SetKeyOf(o, f.v6))
+		if b.isPending(f, name) {
+			continue // its rules come with the replay, once the journal has the batch
+		}
 		for _, set := range []string{name, rangesName(name)} {
 			rules = append(rules, b.denyRule(f, set, name))
 		}
