@@ -107,7 +107,9 @@ func (p *preload) commit() {
 		}
 		p.mu.Lock()
 		p.commits += committed(err)
-		p.err = err
+		if p.err == nil {
+			p.err = err
+		}
 		p.mu.Unlock()
 	}
 }

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"strings"
@@ -54,7 +55,12 @@ type pulled struct {
 // one per (address, origin) with the latest Until, as the view holds them.
 func preloadPull(t *testing.T, b *Backend, ds []pulled, keep bool) []backend.Entry {
 	t.Helper()
-	pl := b.Preload(t.Context())
+	return preloadPullCtx(t, t.Context(), b, ds, keep)
+}
+
+func preloadPullCtx(t *testing.T, ctx context.Context, b *Backend, ds []pulled, keep bool) []backend.Entry {
+	t.Helper()
+	pl := b.Preload(ctx)
 	if pl == nil {
 		t.Fatal("Preload = nil on an ensured table")
 	}
@@ -161,7 +167,8 @@ func TestKernelPreloadKept(t *testing.T) {
 
 // A preload that is not exactly the replay's content is refilled: an
 // address sent twice (the element holds the last add's timeout, not the
-// latest), or one the view no longer holds.
+// latest), one the view no longer holds, or a load that failed (its pull
+// was cancelled).
 func TestKernelPreloadRefilled(t *testing.T) {
 	if !testenv.InFreshNetns(t) {
 		return
@@ -169,20 +176,28 @@ func TestKernelPreloadRefilled(t *testing.T) {
 	const set = "crowdsec-blacklists-crowdsec"
 	a, c := netip.MustParsePrefix("192.0.2.1/32"), netip.MustParsePrefix("192.0.2.3/32")
 	for _, tc := range []struct {
-		name string
-		ds   []pulled
-		drop netip.Prefix // left out of the view
-		want map[string]int
+		name   string
+		ds     []pulled
+		drop   netip.Prefix // left out of the view
+		cancel bool         // the pull's context ends before the load
+		want   map[string]int
 	}{
 		{"duplicate", []pulled{{a, t0.Add(3 * time.Hour), "crowdsec"}, {a, t0.Add(time.Hour), "crowdsec"}, {c, t0.Add(time.Hour), "crowdsec"}},
-			netip.Prefix{}, map[string]int{"192.0.2.1": 3*3600 - 1800, "192.0.2.3": 3600 - 1800}},
+			netip.Prefix{}, false, map[string]int{"192.0.2.1": 3*3600 - 1800, "192.0.2.3": 3600 - 1800}},
 		{"not in the view", []pulled{{a, t0.Add(3 * time.Hour), "crowdsec"}, {c, t0.Add(time.Hour), "crowdsec"}},
-			c, map[string]int{"192.0.2.1": 3*3600 - 1800}},
+			c, false, map[string]int{"192.0.2.1": 3*3600 - 1800}},
+		{"load failed", []pulled{{a, t0.Add(3 * time.Hour), "crowdsec"}, {c, t0.Add(time.Hour), "crowdsec"}},
+			netip.Prefix{}, true, map[string]int{"192.0.2.1": 3*3600 - 1800, "192.0.2.3": 3600 - 1800}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sh(t, "nft flush ruleset")
 			b, clock := preloadBackend(t)
-			es := preloadPull(t, b, tc.ds, true)
+			ctx, cancel := context.WithCancel(t.Context())
+			if tc.cancel {
+				cancel()
+			}
+			es := preloadPullCtx(t, ctx, b, tc.ds, true)
+			cancel()
 			es = slices.DeleteFunc(es, func(e backend.Entry) bool { return e.Prefix == tc.drop })
 			if err := b.Ensure(t.Context()); err != nil {
 				t.Fatal(err)
