@@ -109,7 +109,7 @@ func (m *machine) migrate() {
 		t.Errorf("the migration lifted the ban: %s", window)
 	}
 	if got := m.active(unit); got != "active" {
-		t.Fatalf("%s is %s after install", unit, got)
+		t.Fatalf("%s is %s after install; its journal:\n%s", unit, got, m.must("journalctl -u "+unit+" --no-pager | tail -40"))
 	}
 	if got := m.active(debUnit); got == "active" {
 		t.Fatalf("%s still active: two bouncers", debUnit)
