@@ -351,7 +351,8 @@ func TestE2ENFTablesColdStartPreload(t *testing.T) {
 	importBans(t, l, n, "4h")
 	l.AddDecision(t, "crowdsec", "Ip", p.Banned4.String(), "4h")
 	l.AddDecision(t, "crowdsec", "Ip", p.Banned6.String(), "4h")
-	b := startBouncer(t, writeConfig(t, l, nftMode(bouncerOpts{})))
+	cfg := writeConfig(t, l, nftMode(bouncerOpts{OnShutdown: "keep"}))
+	b := startBouncer(t, cfg)
 	b.waitLog(t, "pulled decisions", 30*time.Second)
 	// cscli-import (v4) and crowdsec (v4 and v6): three sets, all kept.
 	b.waitLog(t, "msg=preloaded component=backend mode=nftables sets=3 entries=5002 ok=true", 5*time.Second)
@@ -370,4 +371,8 @@ func TestE2ENFTablesColdStartPreload(t *testing.T) {
 	if out := b.out.String(); strings.Contains(out, "repaired drift") || strings.Contains(out, "kernel change event") {
 		t.Errorf("the preload woke the repair loop:\n%s", tail(out, 20))
 	}
+	// A restart names each origin's set as nft lists it.
+	b.stop(t)
+	b = startBouncer(t, cfg)
+	b.waitLog(t, `msg="set for origin" set=crowdsec-blacklists-cscli-import origin=cscli-import`, 10*time.Second)
 }

@@ -102,6 +102,14 @@ func run(ctx context.Context, cfg *config.Config, verbose bool, stderr io.Writer
 	if err != nil {
 		return fmt.Errorf("backend: %w", err)
 	}
+	// nftables names a set after its origin: the backend must know the
+	// journal's origins before their sets are named in the log (the boot
+	// declares the same).
+	declared := backend.Origins{}
+	for name, i := range j.Origins() {
+		declared[i] = name
+	}
+	be.SetOrigins(declared)
 	logInForce(log, cfg, be, j.Origins())
 	mon, wake := newMonitor(be, log)
 	p := &puller{
