@@ -293,8 +293,8 @@ func (b *Backend) applyTx(d backend.Delta, start, end int, now time.Time) ([]bac
 // queued after the walk (overlapping prefixes merge).
 type replaySlot struct {
 	slot
-	w *writer  // interval sets
-	a *addrMsg // single-address sets
+	w *writer  // names the set; queues the elements of an interval set
+	a *addrMsg // queues the elements of a single-address set
 	m *mirror
 	// kept: a preload filled the set with exactly its entries; it is
 	// neither flushed nor refilled.
@@ -304,11 +304,11 @@ type replaySlot struct {
 // queueReplay encodes the replay transaction in one walk over active:
 // every set of ours but those in keep is flushed, then refilled, the
 // element messages of different sets interleaved as the entries come. It
-// returns the
-// transaction, the number of entries it adds and the refused ones. (A
-// transaction that adds none may change nothing, and the kernel does not
-// count a transaction that changed nothing as a generation: that number
-// decides whether the change monitor is paused, see backend.EventPauser.)
+// returns the transaction, the number of entries it adds and the refused
+// ones. (A transaction that adds none may change nothing, and the kernel
+// does not count a transaction that changed nothing as a generation: that
+// number decides whether the change monitor is paused, see
+// backend.EventPauser.)
 func (b *Backend) queueReplay(active iter.Seq[backend.Entry], now time.Time, keep map[setID]bool) (*rawTx, int, []backend.Rejection, error) {
 	tx := &rawTx{}
 	slots := map[string]*replaySlot{}
@@ -398,9 +398,9 @@ func (b *Backend) queueReplay(active iter.Seq[backend.Entry], now time.Time, kee
 	return tx, n, rej, nil
 }
 
-// keptPreloads returns the preloaded sets to keep as they
-// are: those whose preload succeeded and put in as many elements as the
-// replay routes live entries to them. The preload added each decision of
+// keptPreloads returns the preloaded sets to keep as they are: those
+// whose preload succeeded and put in as many elements as the replay routes
+// live entries to them. The preload added each decision of
 // the pull once and the replay's entries are distinct addresses of the
 // same pull, so equal counts mean no address came twice (whose element
 // would hold the last add's timeout, not the latest) and the set holds
