@@ -64,7 +64,7 @@
 // would put in it (each address of the pull once, so it holds exactly
 // those, with their own timeouts), refills it otherwise, then adds its
 // rules. Measured on the 100k cold start of make bench (2 shared cores):
-// 0.27–0.36 s from process start instead of 0.38–0.49 s. Known origins,
+// 0.27–0.37 s from process start instead of 0.37–0.49 s. Known origins,
 // ranges and set-only mode go through the replay as before.
 //
 // Entries the backend will not hold (disabled family, /0, unmasked,
