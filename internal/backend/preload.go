@@ -9,8 +9,8 @@ import (
 // Preloader is implemented by backends that can load a full pull's
 // decisions into the kernel while the pull still downloads, so the
 // kernel's share of a cold start overlaps the decoding instead of
-// following it. They load only sets no rule matches yet (the sets of
-// origins not yet declared, which do not exist), so nothing is enforced
+// following it. They load only sets no rule matches (the sets of origins
+// not yet declared), so nothing is enforced
 // before the journal holds the batch: the replay that follows the journal
 // write makes them live. It keeps a loaded set whose content is exactly
 // what it would have put there, and refills it otherwise, so a preload

@@ -10,6 +10,9 @@ import (
 	"sync"
 	"time"
 
+	gnft "github.com/google/nftables"
+	"github.com/google/nftables/expr"
+
 	"github.com/cs-journal-bouncer/cs-journal-bouncer/internal/backend"
 )
 
@@ -30,14 +33,17 @@ type loaded struct {
 }
 
 // preload loads a full pull's single addresses into the sets of origins
-// that have none yet (Range decisions and known origins are left to the
+// not declared yet (Range decisions and known origins are left to the
 // replay). Element messages are encoded on the decoding goroutine and
 // committed by a second one, so the kernel inserts while the pull decodes.
 type preload struct {
 	b      *Backend
 	ctx    context.Context
-	exists map[setID]bool // our sets in the kernel when the preload started
-	sets   map[setID]*preloadSet
+	exists map[setID]*gnft.Set // our tables' sets when the preload started
+	// matched holds the sets a rule of our tables looks up; read once,
+	// when an existing set of a new origin is met.
+	matched map[setID]bool
+	sets    map[setID]*preloadSet
 	// The set of the last Add: a blocklist sends 100k decisions of one
 	// origin in a row.
 	last    *preloadSet
@@ -64,9 +70,10 @@ type preloadSet struct {
 }
 
 // Preload implements backend.Preloader. Only our own tables are loaded
-// into, and only sets that do not exist: no rule can match those yet.
+// into, and only sets of undeclared origins that no rule matches: new
+// ones, or one a preload killed before its replay left behind.
 func (b *Backend) Preload(ctx context.Context) backend.Preload {
-	exists := map[setID]bool{}
+	exists := map[setID]*gnft.Set{}
 	conn, err := newConn() // b.conn belongs to the enforcer's goroutine
 	if err != nil {
 		return nil
@@ -81,7 +88,7 @@ func (b *Backend) Preload(ctx context.Context) backend.Preload {
 			return nil // no table yet: Ensure has not run, nothing to load into
 		}
 		for _, s := range sets {
-			exists[setID{f.v6, s.Name}] = true
+			exists[setID{f.v6, s.Name}] = s
 		}
 	}
 	p := &preload{b: b, ctx: ctx, exists: exists, sets: map[setID]*preloadSet{},
@@ -154,35 +161,66 @@ func (p *preload) set(origin string, v6 bool) *preloadSet {
 		return s
 	}
 	p.sets[key] = nil
-	if p.exists[key] || p.b.declared(origin) {
-		return nil // the replay refills it (a rule may match it)
+	if p.b.declared(origin) {
+		return nil // the replay refills it: a rule matches it
+	}
+	set := p.b.setObj(f, name, false)
+	// A set of an undeclared origin that no rule matches is what a
+	// preload killed before its replay leaves: it is loaded again, flushed
+	// first. One a rule matches, or with other flags, is left to the
+	// replay and Ensure.
+	have, reuse := p.exists[key]
+	if reuse && (!sameSet(have, set) || p.isMatched(key)) {
+		return nil
 	}
 	if p.resume == nil {
 		// From the first set on, the kernel would build one event per
 		// element for the change monitor.
 		p.resume = p.b.quiet(quietAbove)
 	}
-	set := p.b.setObj(f, name, false)
+	if reuse {
+		p.tx.flushSet(set) // before its first element, in the same transaction
+	} else if !p.create(set) {
+		return nil
+	}
+	s := &preloadSet{origin: origin, a: newAddrMsg(set)}
+	p.sets[key] = s
+	return s
+}
+
+// create makes set, in a transaction of its own.
+func (p *preload) create(set *gnft.Set) bool {
 	conn, err := newConn()
 	if err != nil {
 		p.fail(err)
-		return nil
+		return false
 	}
 	defer conn.CloseLasting()
 	if err := conn.AddSet(set, nil); err != nil {
-		p.fail(fmt.Errorf("add set %s: %w", name, err))
-		return nil
+		p.fail(fmt.Errorf("preload: add set %s: %w", set.Name, err))
+		return false
 	}
 	if err := conn.Flush(); err != nil {
-		p.fail(fmt.Errorf("preload: create set %s: %w", name, err))
-		return nil
+		p.fail(fmt.Errorf("preload: create set %s: %w", set.Name, err))
+		return false
 	}
 	p.mu.Lock()
 	p.commits++
 	p.mu.Unlock()
-	s := &preloadSet{origin: origin, a: newAddrMsg(set)}
-	p.sets[key] = s
-	return s
+	return true
+}
+
+// isMatched reports whether a rule in our tables looks up the set; when
+// the rules cannot be read it answers yes (the set is left alone).
+func (p *preload) isMatched(id setID) bool {
+	if p.matched == nil {
+		m, err := p.b.lookups()
+		if err != nil {
+			return true
+		}
+		p.matched = m
+	}
+	return p.matched[id]
 }
 
 // send hands the open transaction to the committer and opens a new one.
@@ -273,6 +311,40 @@ func (b *Backend) declared(origin string) bool {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	return slices.Contains(slices.Collect(maps.Values(b.origins)), origin)
+}
+
+// lookups returns the sets the rules of our tables look up. It reads the
+// kernel on a connection of its own: b.conn belongs to the enforcer.
+func (b *Backend) lookups() (map[setID]bool, error) {
+	conn, err := newConn()
+	if err != nil {
+		return nil, err
+	}
+	defer conn.CloseLasting()
+	out := map[setID]bool{}
+	for _, f := range b.fams {
+		chains, err := conn.ListChainsOfTableFamily(f.tfam)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range chains {
+			if c.Table.Name != f.table.Name {
+				continue
+			}
+			rules, err := conn.GetRules(f.table, c)
+			if err != nil {
+				return nil, err
+			}
+			for _, r := range rules {
+				for _, e := range r.Exprs {
+					if l, ok := e.(*expr.Lookup); ok {
+						out[setID{f.v6, l.SetName}] = true
+					}
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // setID names one of our sets: the two families' tables may hold sets

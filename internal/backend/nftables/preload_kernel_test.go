@@ -282,3 +282,39 @@ func TestKernelPreloadOnlyNewSets(t *testing.T) {
 		t.Errorf("a failed pull left pending sets: %v", b.pending)
 	}
 }
+
+// A set a killed preload left behind (undeclared origin, no rule matches
+// it, stale elements) is flushed and loaded again; a set of an undeclared
+// origin that a rule of the administrator looks up is left alone.
+func TestKernelPreloadLeftover(t *testing.T) {
+	if !testenv.InFreshNetns(t) {
+		return
+	}
+	b, _ := preloadBackend(t)
+	sh(t, "nft add set ip crowdsec crowdsec-blacklists-cscli '{ type ipv4_addr; flags timeout; }'")
+	sh(t, "nft add element ip crowdsec crowdsec-blacklists-cscli '{ 198.51.100.9 timeout 1h }'")
+	sh(t, "nft add set ip crowdsec crowdsec-blacklists-theirs '{ type ipv4_addr; flags timeout; }'")
+	sh(t, "nft add chain ip crowdsec admin && nft add rule ip crowdsec admin ip saddr @crowdsec-blacklists-theirs accept")
+	a := netip.MustParsePrefix("192.0.2.1/32")
+	es := preloadPull(t, b, []pulled{{a, t0.Add(time.Hour), "cscli"}, {a, t0.Add(time.Hour), "theirs"}}, true)
+	if got := keys(elements(t, "ip", "crowdsec", "crowdsec-blacklists-cscli")); !slices.Equal(got, []string{"192.0.2.1"}) {
+		t.Errorf("the left-over set holds %q after the preload, want the stale element gone", got)
+	}
+	if got := elements(t, "ip", "crowdsec", "crowdsec-blacklists-theirs"); len(got) != 0 {
+		t.Errorf("a set a rule matches got %q from a preload", keys(got))
+	}
+	if r := rulesMatching(t, "crowdsec-blacklists-cscli"); len(r) > 0 {
+		t.Errorf("rules match the preloaded set before the replay: %q", r)
+	}
+	if err := b.Ensure(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Replay(t.Context(), slices.Values(es)); err != nil {
+		t.Fatal(err)
+	}
+	for _, set := range []string{"crowdsec-blacklists-cscli", "crowdsec-blacklists-theirs"} {
+		if got := keys(elements(t, "ip", "crowdsec", set)); !slices.Equal(got, []string{"192.0.2.1"}) {
+			t.Errorf("after the replay %s holds %q", set, got)
+		}
+	}
+}
