@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
@@ -272,7 +270,7 @@ func (p *preload) Finish(keep bool) {
 	defer p.b.mu.Unlock()
 	sets, n := 0, 0
 	for key, s := range p.sets {
-		if s != nil && !slices.Contains(slices.Collect(maps.Values(p.b.origins)), s.origin) {
+		if s != nil && !p.b.declaredLocked(s.origin) {
 			p.b.pending[key] = &loaded{n: s.n, ok: err == nil}
 			sets, n = sets+1, n+s.n
 		}
@@ -310,7 +308,17 @@ func (p *preload) remove() int {
 func (b *Backend) declared(origin string) bool {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	return slices.Contains(slices.Collect(maps.Values(b.origins)), origin)
+	return b.declaredLocked(origin)
+}
+
+// declaredLocked is declared with b.mu held.
+func (b *Backend) declaredLocked(origin string) bool {
+	for _, o := range b.origins {
+		if o == origin {
+			return true
+		}
+	}
+	return false
 }
 
 // lookups returns the sets the rules of our tables look up. It reads the
